@@ -34,7 +34,7 @@ class ImageRecord:
 
     @property
     def num_boxes(self) -> int:
-        return int(len(self.labels))
+        return len(self.labels)
 
     def subset(self, keep: np.ndarray) -> ImageRecord:
         """The same image with only the boxes selected by the boolean mask ``keep``."""

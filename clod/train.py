@@ -1,0 +1,50 @@
+"""``python -m clod.train``: run one continual-learning experiment (or print its plan)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from clod.cli import user_errors
+
+
+def print_plan(cfg: DictConfig) -> None:
+    """Per task: its classes and its training/evaluation image and box counts."""
+    from clod.data.build import build_experiment_tasks
+    from clod.utils.table import format_table
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    scenario, tasks = build_experiment_tasks(resolved)
+    print(
+        f"plan: data={cfg.data.name} scenario={scenario.name} strategy={cfg.strategy.name} "
+        f"({len(tasks)} task{'s' if len(tasks) != 1 else ''}, {scenario.num_classes} classes)"
+    )
+    rows = []
+    for task in tasks:
+        counts = task.counts()
+        names = task.new_names
+        shown = ", ".join(names) if len(names) <= 6 else f"{', '.join(names[:3])}, ... {names[-1]}"
+        rows.append(
+            {
+                "task": task.index,
+                "new classes": f"{task.new[0]}-{task.new[-1]} ({len(names)}): {shown}",
+                "seen": len(task.seen),
+                **{key.replace("_", " "): value for key, value in counts.items()},
+            }
+        )
+    print(format_table(rows))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        if cfg.dry_run:
+            print_plan(cfg)
+            return
+        from clod.engine.run import run_experiment
+
+        run_experiment(cfg)
+
+
+if __name__ == "__main__":
+    main()
