@@ -1,0 +1,79 @@
+"""Offline evaluation entry point.
+
+    python -m clod.evaluate gt=<coco_annotations.json> dets=<coco_results.json> \
+        [difficult=gt|ignore] [max_det=100] [legacy_voc=false]
+
+Arguments are ``key=value`` pairs (Hydra-style, without Hydra: this mode needs no config). The
+last line of stdout is one JSON object (see ``clod.metrics.files.evaluate_coco_files``). On bad
+arguments or a bad input file it prints a one-line error to stderr and exits with status 2, the
+status clod's entry points use for user errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+from clod.metrics.files import EvaluationInputError, evaluate_coco_files
+
+USAGE = "usage: python -m clod.evaluate gt=<gt.json> dets=<dets.json> [difficult=gt|ignore] [max_det=100] [legacy_voc=false]"
+KNOWN_KEYS = ("gt", "dets", "difficult", "max_det", "legacy_voc")
+EXIT_USER_ERROR = 2
+
+
+class ArgumentError(ValueError):
+    """A command-line argument is missing, unknown or has a bad value."""
+
+
+def parse_arguments(argv: Sequence[str]) -> dict[str, object]:
+    """Turn ``key=value`` arguments into ``evaluate_coco_files`` keyword arguments."""
+    values: dict[str, str] = {}
+    for argument in argv:
+        key, separator, value = argument.partition("=")
+        key = key.lstrip("+")  # accept Hydra's "+key=value" spelling too
+        if not separator or not key:
+            raise ArgumentError(f"expected key=value, got {argument!r}")
+        if key not in KNOWN_KEYS:
+            raise ArgumentError(f"unknown key {key!r} (known: {', '.join(KNOWN_KEYS)})")
+        values[key] = value
+    missing = [key for key in ("gt", "dets") if not values.get(key)]
+    if missing:
+        raise ArgumentError(f"missing {' and '.join(missing)}")
+
+    options: dict[str, object] = {"gt_json": values["gt"], "dets_json": values["dets"]}
+    difficult = values.get("difficult", "gt")
+    if difficult not in ("gt", "ignore"):
+        raise ArgumentError(f"difficult must be gt or ignore, got {difficult!r}")
+    options["difficult"] = difficult
+    try:
+        options["max_det"] = int(values.get("max_det", "100"))
+    except ValueError as error:
+        raise ArgumentError(f"max_det must be an integer, got {values['max_det']!r}") from error
+    if options["max_det"] < 1:  # type: ignore[operator]
+        raise ArgumentError("max_det must be positive")
+    legacy = values.get("legacy_voc", "false").lower()
+    if legacy not in ("true", "false", "1", "0"):
+        raise ArgumentError(f"legacy_voc must be true or false, got {values['legacy_voc']!r}")
+    options["legacy_voc"] = legacy in ("true", "1")
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        options = parse_arguments(arguments)
+    except ArgumentError as error:
+        print(f"error: {error}. {USAGE}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        result = evaluate_coco_files(**options)  # type: ignore[arg-type]
+    except EvaluationInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
