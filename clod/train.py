@@ -13,7 +13,7 @@ def print_plan(cfg: DictConfig) -> None:
     from clod.data.build import build_experiment_tasks
     from clod.utils.table import format_table
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     scenario, tasks = build_experiment_tasks(resolved)
     print(
         f"plan: data={cfg.data.name} scenario={scenario.name} strategy={cfg.strategy.name} "
@@ -27,12 +27,20 @@ def print_plan(cfg: DictConfig) -> None:
         rows.append(
             {
                 "task": task.index,
-                "new classes": f"{task.new[0]}-{task.new[-1]} ({len(names)}): {shown}",
+                "new classes": f"{_label_range(task.new)} ({len(names)}): {shown}",
                 "seen": len(task.seen),
                 **{key.replace("_", " "): value for key, value in counts.items()},
             }
         )
     print(format_table(rows))
+
+
+def _label_range(labels: tuple[int, ...]) -> str:
+    if len(labels) == 1:
+        return str(labels[0])
+    if labels == tuple(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]}-{labels[-1]}"
+    return ",".join(map(str, labels))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -17,19 +17,37 @@ from clod.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-def dataset_root(data_cfg: Mapping[str, Any], data_dir: str | Path) -> Path:
-    """The dataset's root directory: generated (and cached) for synthetic data, else ``data.root``."""
+def dataset_root(
+    data_cfg: Mapping[str, Any], data_dir: str | Path
+) -> tuple[Path, tuple[str, ...] | None]:
+    """The dataset's root directory and, for generated data, its class names.
+
+    Synthetic data is generated (or reused from the cache) under ``data_dir``; other
+    data lives at ``data.root``.
+    """
     generate = data_cfg.get("generate")
     if generate:
-        from clod.data.synthetic import ensure_synthetic_from_config
-
-        return ensure_synthetic_from_config(dict(generate), Path(data_dir))
+        return _generated_root(dict(generate), Path(data_dir))
     root = data_cfg.get("root")
-    if not root:
+    if not root or root == "???":
         raise ConfigError(
             f"data.root is not set for dataset {data_cfg.get('name')!r}: give data.root=/path"
         )
-    return Path(root).expanduser()
+    return Path(root).expanduser(), None
+
+
+def _generated_root(generate: dict[str, Any], data_dir: Path) -> tuple[Path, tuple[str, ...]]:
+    from clod.data.synthetic import PRESETS, SyntheticSpec, ensure_synthetic, synthetic_preset
+
+    preset = generate.pop("preset", "synthetic")
+    if preset not in PRESETS:
+        raise ConfigError(f"data.generate.preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    known = set(SyntheticSpec.__dataclass_fields__)
+    unknown = sorted(set(generate) - known)
+    if unknown:
+        raise ConfigError(f"data.generate has unknown key(s) {unknown}; known: {sorted(known)}")
+    spec = synthetic_preset(preset, **generate)
+    return ensure_synthetic(data_dir, spec), spec.class_names
 
 
 def _under(root: Path, path: str) -> Path:
@@ -37,13 +55,19 @@ def _under(root: Path, path: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def read_split(data_cfg: Mapping[str, Any], root: Path, which: str) -> Split:
-    """Read ``data.<which>`` (``train`` or ``test``) with the configured reader."""
+def read_split(
+    data_cfg: Mapping[str, Any], root: Path, which: str, class_names: tuple[str, ...] | None = None
+) -> Split:
+    """Read ``data.<which>`` (``train`` or ``test``) with the configured reader.
+
+    Class names: ``data.class_names`` if set, else ``class_names``, else the reader's
+    default (VOC's 20 classes; a COCO file's own categories).
+    """
     part = data_cfg.get(which)
     if not part:
         raise ConfigError(f"data.{which} is not set")
     fmt = data_cfg.get("format")
-    class_names = data_cfg.get("class_names")
+    class_names = data_cfg.get("class_names") or class_names
     on_bad_box = data_cfg.get("on_bad_box", "repair")
     if fmt == "voc":
         for key in ("root", "split"):
@@ -70,8 +94,9 @@ def read_split(data_cfg: Mapping[str, Any], root: Path, which: str) -> Split:
 
 def load_splits(data_cfg: Mapping[str, Any], data_dir: str | Path) -> tuple[Split, Split]:
     """Read the training and test splits and check them against ``data.num_classes``."""
-    root = dataset_root(data_cfg, data_dir)
-    train, test = read_split(data_cfg, root, "train"), read_split(data_cfg, root, "test")
+    root, generated_classes = dataset_root(data_cfg, data_dir)
+    train = read_split(data_cfg, root, "train", generated_classes)
+    test = read_split(data_cfg, root, "test", generated_classes)
     if train.class_names != test.class_names:
         raise ConfigError(
             f"training classes ({train.source}) and test classes ({test.source}) differ: "

@@ -1,0 +1,139 @@
+"""Every shipped config composes; the entry point's plan mode and its errors, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf, open_dict
+
+ROOT = Path(__file__).parents[1]
+CONF = ROOT / "conf"
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "paths"})
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str], output_dir: Path | None = None):
+    """Compose as ``python -m clod.train`` would; ``output_dir`` plays Hydra's run directory."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    if output_dir is not None:
+        cfg.hydra.runtime.output_dir = str(output_dir)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra  # resolved through HydraConfig from here on, as in a real run
+    return cfg
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_shipped_config_composes_and_resolves(
+    group: str, option: str, tmp_path: Path
+) -> None:
+    overrides = [f"{group}={option}"]
+    if option in ("voc", "coco"):
+        overrides.append(f"data.root={tmp_path}")
+    if option == "custom":
+        overrides.append("scenario.splits=10+10")
+    cfg = compose_train(overrides, output_dir=tmp_path)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert container["paths"]["output_dir"] == str(tmp_path)
+    assert container["data"]["input_size"] == container["model"]["input_size"]
+    assert container["model"]["num_classes"] == container["data"]["num_classes"]
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CLOD_DATA_DIR": str(cwd / "data"), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "clod.train", f"hydra.run.dir={cwd / 'run'}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path: Path) -> None:
+    result = run_cli("scenario=15p1", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.scenario.name == "15p1" and printed.scenario.base == 15
+    assert printed.data.name == "synthetic" and printed.strategy.name == "naive"
+
+
+def test_dry_run_prints_the_plan_per_task(tmp_path: Path) -> None:
+    result = run_cli("dry_run=true", "data=synthetic_tiny", "scenario=2p1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "synthetic dataset generated" in result.stderr  # logs go to stderr
+    assert lines[0].startswith(
+        "plan: data=synthetic_tiny scenario=2p1 strategy=naive (3 tasks, 4 classes)"
+    )
+    header = lines[1].split()
+    assert header[:3] == ["task", "new", "classes"]
+    rows = [line for line in lines[3:] if line.strip()]
+    assert len(rows) == 3
+    assert "aeroplane, bicycle" in rows[0] and "bird" in rows[1] and "boat" in rows[2]
+    # the counts printed are the task builder's counts
+    from clod.data.build import build_experiment_tasks
+
+    cfg = compose_train(
+        ["data=synthetic_tiny", "scenario=2p1", f"paths.data_dir={tmp_path / 'data'}"]
+    )
+    _, tasks = build_experiment_tasks(OmegaConf.to_container(cfg, resolve=True))
+    for row, task in zip(rows, tasks, strict=True):
+        counts = task.counts()
+        numbers = [int(x) for x in row.split()[-4:]]
+        assert numbers == [
+            counts["train_images"],
+            counts["train_boxes"],
+            counts["eval_images"],
+            counts["eval_boxes"],
+        ]
+
+
+def test_joint_plan_is_one_task(tmp_path: Path) -> None:
+    result = run_cli(
+        "dry_run=true", "data=synthetic_tiny", "scenario=2p1", "strategy=joint", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(1 task, 4 classes)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["data=synthetic_tiny", "scenario=15p1"],
+            "scenario 15p1 needs at least 15 classes for its base task, but the dataset has 4",
+        ),
+        (["data=voc"], "config key data.root has no value"),
+        (
+            ["data=voc", "data.root=/nonexistent/VOCdevkit"],
+            "VOC dataset directory /nonexistent/VOCdevkit/VOC2007 does not exist",
+        ),
+        (
+            ["data=synthetic_tiny", "scenario=custom", "scenario.splits=2+x"],
+            "scenario.splits: cannot parse 'x'",
+        ),
+        (["data=synthetic_tiny", "scenario=2p1", "data.num_classes=5"], "data.num_classes=5 but"),
+    ],
+    ids=["too-few-classes", "missing-root", "missing-path", "bad-grammar", "num-classes"],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_cli("dry_run=true", *args, cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
