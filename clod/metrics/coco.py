@@ -6,7 +6,8 @@ What is handed to COCOeval (ecosystem.md §6):
 - ground truth with xywh boxes, ``area`` and ``iscrowd`` (1-based annotation ids: COCOeval reads
   an id of 0 as "unmatched");
 - detections with xywh boxes, scores and ``area = w·h``, as ``COCO.loadRes`` would make them;
-- ``params.catIds`` restricted to the evaluated classes and ``params.maxDets = [1, 10, max_det]``.
+- ``params.catIds`` restricted to the evaluated classes and ``params.maxDets = [1, 10, max_det]``
+  (``[1, max_det, max_det]`` below 10).
   COCOeval applies that cap per image *and class*; the detector's post-processing applies the
   per-image cap of 100.
 
@@ -177,7 +178,9 @@ def evaluate_coco(
 
     evaluator = _DifficultAwareCOCOeval(coco_gt, coco_dt, ignore_difficult=difficult == "ignore")
     evaluator.params.catIds = [int(c) for c in evaluated]
-    evaluator.params.maxDets = [1, 10, int(max_det)]
+    # COCOeval sorts maxDets and reads the headline AP at maxDets[2]; keep max_det last even when
+    # it is below 10.
+    evaluator.params.maxDets = [1, min(10, int(max_det)), int(max_det)]
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints progress and the table
         evaluator.evaluate()
         evaluator.accumulate()
