@@ -60,6 +60,7 @@ class DetectionDataset(Dataset[Sample]):
             image_id=record.image_id,
             orig_size=(record.height, record.width),
             difficult=record.difficult[keep],
+            index=index,
         )
 
 
@@ -82,4 +83,5 @@ def collate(samples: Sequence[Sample]) -> Batch:
         warps=torch.from_numpy(np.stack([s.warp for s in samples])),
         orig_sizes=torch.tensor([s.orig_size for s in samples], dtype=torch.int64),
         image_ids=[s.image_id for s in samples],
+        indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
     )

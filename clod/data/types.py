@@ -74,6 +74,7 @@ class Sample:
     image_id: str
     orig_size: tuple[int, int]  # (height, width) of the original image
     difficult: np.ndarray | None = None  # (n,) bool, kept for evaluation
+    index: int = -1  # position in its dataset; evaluation looks the original GT up by it
 
 
 @dataclass
@@ -86,6 +87,7 @@ class Batch:
     warps: torch.Tensor  # (B, 3, 3) float64
     orig_sizes: torch.Tensor  # (B, 2) int64 (height, width)
     image_ids: list[str]
+    indices: torch.Tensor  # (B,) int64 positions in the dataset
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -95,6 +97,7 @@ class Batch:
             warps=self.warps.to(device),
             orig_sizes=self.orig_sizes.to(device),
             image_ids=self.image_ids,
+            indices=self.indices,
         )
 
     def __len__(self) -> int:

@@ -1,0 +1,61 @@
+"""Data loaders of one task, built from the ``data`` config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from clod.data.dataset import DetectionDataset, collate
+from clod.data.transforms import Augment, DetectionTransform
+from clod.data.types import ImageRecord
+from clod.errors import ConfigError
+
+
+def _augment(cfg: Mapping[str, Any] | None) -> Augment:
+    cfg = dict(cfg or {})
+    tuples = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in cfg.items()}
+    try:
+        return Augment(**tuples)
+    except TypeError as exc:
+        raise ConfigError(f"data.augment: {exc}") from None
+
+
+def train_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DataLoader:
+    """Shuffled, augmented, ``drop_last`` batches (the reference drops the last partial batch)."""
+    batch_size = int(data_cfg["batch_size"])
+    if len(records) < batch_size:
+        raise ConfigError(
+            f"a task has {len(records)} training images, fewer than data.batch_size={batch_size}; "
+            f"with drop_last it would train on nothing: lower data.batch_size"
+        )
+    transform = DetectionTransform(
+        data_cfg["input_size"],
+        bool(data_cfg.get("keep_ratio", True)),
+        _augment(data_cfg.get("augment")),
+    )
+    workers = int(data_cfg.get("num_workers", 0))
+    return DataLoader(
+        DetectionDataset(records, transform),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=collate,
+    )
+
+
+def eval_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DataLoader:
+    """Resize-only batches in dataset order; every image once (no drop_last)."""
+    transform = DetectionTransform(data_cfg["input_size"], bool(data_cfg.get("keep_ratio", True)))
+    workers = int(data_cfg.get("num_workers", 0))
+    return DataLoader(
+        DetectionDataset(records, transform),
+        batch_size=int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"]),
+        shuffle=False,
+        drop_last=False,
+        num_workers=workers,
+        collate_fn=collate,
+    )

@@ -1,0 +1,240 @@
+"""The LightningModule of one task: backbone, student and teacher as submodules.
+
+- ``backbone``: the detector's backbone. A strategy may freeze it (``freeze_backbone``):
+  it then runs in eval mode under ``no_grad``, once per batch, and its features feed
+  the student and the teacher alike.
+- ``student``: neck + head, trained.
+- ``teacher``: a frozen model a strategy builds at task start (``set_teacher``), in eval
+  mode, outside the optimiser. It is not written into checkpoints: it is rebuilt
+  from the previous task's weights.
+
+The module trains with the detection loss plus the strategy's extra terms, and
+evaluates with :class:`~clod.metrics.detection.DetectionMetric`, which synchronises
+across DDP ranks.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from clod.data.tasks import Task
+from clod.data.types import Batch
+from clod.engine.schedule import WarmupCosine, warmup_steps
+from clod.metrics.detection import DetectionMetric, DetectionResult
+from clod.models.detector import Detector
+from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.strategies.base import Strategy
+
+TEACHER_PREFIX = "teacher."
+
+
+class NeckHead(nn.Module):
+    """The trainable part on top of the backbone: ``neck`` then ``head``."""
+
+    def __init__(self, neck: nn.Module, head: NanoDetPlusHead) -> None:
+        super().__init__()
+        self.neck = neck
+        self.head = head
+
+    def forward(self, features: Sequence[torch.Tensor]) -> HeadOutput:
+        return self.head(self.neck(features))
+
+
+def count_parameters(module: nn.Module | None, trainable_only: bool = False) -> int:
+    if module is None:
+        return 0
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+class CLODModule(pl.LightningModule):
+    """Trains one task of a scenario and evaluates on the classes seen so far."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        strategy: Strategy,
+        task: Task,
+        optimizer: Mapping[str, Any],
+        evaluation: Mapping[str, Any],
+    ) -> None:
+        super().__init__()
+        self.backbone = detector.backbone
+        self.student = NeckHead(detector.neck, detector.head)
+        self.teacher: nn.Module | None = None
+        self.backbone_frozen = False
+        self.strategy = strategy
+        self.task = task
+        self.optimizer_cfg = dict(optimizer)
+        self.eval_cfg = dict(evaluation)
+        num_classes = detector.head.num_classes
+        self.metric = DetectionMetric(
+            num_classes, classes=task.seen, difficult=self.eval_cfg.get("difficult", "gt")
+        )
+        seen = torch.zeros(num_classes, dtype=torch.bool)
+        seen[list(task.seen)] = True
+        self.register_buffer("seen_mask", seen, persistent=False)
+        self.last_result: DetectionResult | None = None
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def head(self) -> NanoDetPlusHead:
+        return self.student.head
+
+    def detector_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights in :class:`Detector` layout (``backbone.``, ``neck.``, ``head.``)."""
+        state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
+        state.update({k: v for k, v in self.student.state_dict().items()})
+        return {k: v.detach().clone() for k, v in state.items()}
+
+    def freeze_backbone(self) -> None:
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        self.backbone_frozen = True
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        teacher.requires_grad_(False)
+        teacher.eval()
+        self.teacher = teacher
+
+    def train(self, mode: bool = True) -> CLODModule:
+        # Lightning switches modes around fitting and validation; frozen parts must stay in
+        # eval mode whatever it does, so BatchNorm keeps its running statistics.
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Backbone features, computed once per batch (without gradients when frozen)."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return tuple(self.backbone(images))
+        return tuple(self.backbone(images))
+
+    def forward(self, images: torch.Tensor) -> HeadOutput:
+        return self.student(self.features(images))
+
+    def transfer_batch_to_device(
+        self, batch: Batch, device: torch.device, dataloader_idx: int
+    ) -> Batch:
+        return batch.to(device)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        images = batch.images
+        features = self.features(images)
+        output = self.student(features)
+        losses = self.head.loss(output.raw, batch.boxes, batch.labels, tuple(images.shape[-2:]))
+        extra = self.strategy.training_loss(self, batch, features, output)
+        total = losses["loss"] + sum(extra.values()) if extra else losses["loss"]
+        logged = {f"train/{name}": value.detach() for name, value in {**losses, **extra}.items()}
+        logged["train/total"] = total.detach()
+        self.log_dict(logged, batch_size=len(batch), on_step=True, on_epoch=False)
+        self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=len(batch))
+        return total
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = self.optimizer_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(cfg["optimizer"], _convert_="all")(params)
+        trainer = self.trainer
+        total_steps = int(trainer.estimated_stepping_batches)
+        epochs = max(1, int(trainer.max_epochs or 1))
+        steps_per_epoch = max(1, total_steps // epochs)
+        warmup_cfg = cfg.get("warmup") or {}
+        cosine_cfg = cfg.get("cosine") or {}
+        lr0 = float(cfg["optimizer"]["lr"])
+        factor = WarmupCosine(
+            steps_per_epoch=steps_per_epoch,
+            warmup=warmup_steps(
+                int(warmup_cfg.get("steps", 0)), total_steps, warmup_cfg.get("max_fraction")
+            ),
+            warmup_ratio=float(warmup_cfg.get("ratio", 1.0)),
+            t_max=float(cosine_cfg.get("t_max") or epochs),
+            eta_min_ratio=float(cosine_cfg.get("eta_min", 0.0)) / lr0,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        output = self(batch.images)
+        detections = self.head.decode(
+            output.raw,
+            tuple(batch.images.shape[-2:]),
+            batch.warps,
+            batch.orig_sizes,
+            score_thr=float(self.eval_cfg.get("score_thr", 0.05)),
+            nms_iou=float(self.eval_cfg.get("nms_iou", 0.6)),
+            max_det=int(self.eval_cfg.get("max_det", 100)),
+            class_mask=self.seen_mask if self.eval_cfg.get("restrict_to_seen", True) else None,
+        )
+        records = [self.task.eval[int(i)] for i in batch.indices]
+        targets = [
+            {
+                "boxes": torch.from_numpy(r.boxes),
+                "labels": torch.from_numpy(r.labels),
+                "difficult": torch.from_numpy(r.difficult),
+                "iscrowd": torch.from_numpy(r.iscrowd),
+            }
+            for r in records
+        ]
+        self.metric.update(detections, targets, batch.indices)
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.metric.compute()
+        self.metric.reset()
+        self.last_result = result
+        self.log_dict(
+            {f"val/{k}": v for k, v in result.scalars().items()}, logger=True, sync_dist=False
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]  # rebuilt from the previous task's weights
+        # Resuming at an epoch boundary replays the same shuffles and augmentations only if
+        # the random generators continue from where they were.
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is not None:
+            checkpoint["state_dict"].update(
+                {f"{TEACHER_PREFIX}{k}": v for k, v in self.teacher.state_dict().items()}
+            )
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+
+    # ------------------------------------------------------------------ accounting
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters held during training: a shared frozen backbone counts once."""
+        backbone = count_parameters(self.backbone)
+        student = count_parameters(self.student)
+        teacher = count_parameters(self.teacher)
+        return {
+            "params_held": backbone + student + teacher,
+            "params_trainable": count_parameters(self.backbone, True)
+            + count_parameters(self.student, True),
+            "params_teacher": teacher,
+        }

@@ -1,0 +1,254 @@
+"""The task loop of one experiment: train each task, evaluate on seen classes, write results.
+
+Everything lands in the run's output directory:
+
+- ``state.json``: status and finished tasks (see :mod:`clod.engine.state`);
+- ``checkpoints/task_<k>/last.ckpt``: Lightning's checkpoint of the task in progress
+  (one per epoch), from which an interrupted task continues;
+- ``checkpoints/task_<k>.pt``: the weights and strategy state handed to task k+1;
+- ``results/task_<k>.json``, ``results.csv`` and ``summary.json``.
+
+Rerunning the same command into the same directory resumes: finished tasks are
+skipped, an interrupted task continues from its last epoch. Each task reseeds the
+generators from (seed, task), so a resumed run trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from clod.data.build import build_experiment_tasks
+from clod.data.tasks import Task
+from clod.engine.data import eval_loader, train_loader
+from clod.engine.io import save_torch
+from clod.engine.module import CLODModule
+from clod.engine.results import ResultsBook, peak_memory_mb, task_row
+from clod.engine.state import RunState
+from clod.errors import ConfigError
+from clod.models.detector import Detector, build_detector
+from clod.strategies.base import Strategy
+from clod.utils.table import format_table
+
+log = logging.getLogger(__name__)
+
+
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
+def say(message: str) -> None:
+    """A line for the user on stdout (rank 0 only)."""
+    if is_rank_zero():
+        print(message, flush=True)
+
+
+def build_loggers(cfg: Mapping[str, Any]) -> list[Any]:
+    return [instantiate(entry) for entry in (cfg.get("logger") or {}).values() if entry]
+
+
+def make_trainer(
+    cfg: Mapping[str, Any], task: Task, output_dir: Path, loggers: list[Any], epochs: int
+) -> pl.Trainer:
+    hardware, trainer_cfg = cfg["hardware"], cfg["trainer"]
+    checkpoint = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints" / f"task_{task.index}",
+        save_last=True,
+        save_top_k=0,
+        every_n_epochs=1,
+        enable_version_counter=False,
+    )
+    return pl.Trainer(
+        accelerator=hardware["accelerator"],
+        devices=hardware["devices"],
+        num_nodes=hardware.get("num_nodes", 1),
+        strategy=hardware.get("strategy", "auto"),
+        precision=hardware.get("precision", "32-true"),
+        max_epochs=epochs,
+        gradient_clip_val=cfg["optimizer"].get("gradient_clip_val"),
+        gradient_clip_algorithm="norm",
+        logger=loggers or False,
+        callbacks=[checkpoint],
+        default_root_dir=str(output_dir),
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        enable_progress_bar=bool(trainer_cfg.get("enable_progress_bar", True)),
+        log_every_n_steps=int(trainer_cfg.get("log_every_n_steps", 10)),
+        deterministic=bool(trainer_cfg.get("deterministic", False)),
+        use_distributed_sampler=True,
+    )
+
+
+def task_epochs(cfg: Mapping[str, Any], task: Task) -> int:
+    trainer_cfg = cfg["trainer"]
+    epochs = trainer_cfg["epochs"]
+    if task.index > 0 and trainer_cfg.get("incremental_epochs") is not None:
+        epochs = trainer_cfg["incremental_epochs"]
+    if int(epochs) < 1:
+        raise ConfigError(f"trainer.epochs must be >= 1, got {epochs}")
+    return int(epochs)
+
+
+def banner(task: Task, cfg: Mapping[str, Any], epochs: int) -> str:
+    names = task.new_names
+    shown = ", ".join(names) if len(names) <= 5 else f"{', '.join(names[:4])}, ... ({len(names)})"
+    counts = task.counts()
+    return (
+        f"== task {task.index + 1}/{task.num_tasks} [{cfg['strategy']['name']}]: {shown} | "
+        f"{counts['train_images']} training images, {epochs} epochs | "
+        f"evaluated on {len(task.seen)} seen classes, {counts['eval_images']} test images"
+    )
+
+
+def load_task_checkpoint(
+    path: Path, detector: Detector, strategy: Strategy, tasks: list[Task]
+) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    detector.load_state_dict(state["detector"])
+    strategy.load_state_dict(state.get("strategy", {}), tasks)
+
+
+def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
+    """Run (or resume) every task of the configured scenario; return the summary."""
+    resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
+    output_dir = Path(resolved["paths"]["output_dir"])
+    state = RunState(output_dir, resolved, write=is_rank_zero())
+    book = ResultsBook(output_dir)
+    if state.done:
+        say(f"{output_dir} holds a finished run; nothing to do (summary.json has its results)")
+        return None
+    try:
+        summary = _run(cfg, resolved, output_dir, state, book)
+    except BaseException as error:
+        state.fail(error)
+        raise
+    state.finish()
+    return summary
+
+
+def _run(
+    cfg: DictConfig, resolved: dict[str, Any], output_dir: Path, state: RunState, book: ResultsBook
+) -> dict[str, Any]:
+    threads = resolved["hardware"].get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    seed = int(resolved["seed"])
+    pl.seed_everything(seed, workers=True, verbose=False)
+    scenario, tasks = build_experiment_tasks(resolved)
+    detector = build_detector(cfg.model)
+    if detector.num_classes != scenario.num_classes:
+        raise ConfigError(
+            f"model.num_classes={detector.num_classes} but the data has {scenario.num_classes} classes"
+        )
+    strategy: Strategy = instantiate(cfg.strategy)
+    loggers = build_loggers(resolved)
+    if is_rank_zero():
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    done = [t for t in state.tasks_done if t < len(tasks)]
+    if done:
+        last = max(done)
+        load_task_checkpoint(
+            output_dir / "checkpoints" / f"task_{last}.pt", detector, strategy, tasks
+        )
+        say(f"resuming {output_dir}: tasks {', '.join(str(t + 1) for t in done)} already done")
+
+    for task in tasks:
+        if task.index in done:
+            continue
+        epochs = task_epochs(resolved, task)
+        say(banner(task, resolved, epochs))
+        pl.seed_everything(seed + task.index, workers=True, verbose=False)
+        module = CLODModule(detector, strategy, task, resolved["optimizer"], resolved["eval"])
+        strategy.on_task_start(module, task)
+        trainer = make_trainer(resolved, task, output_dir, loggers, epochs)
+        resume_from = output_dir / "checkpoints" / f"task_{task.index}" / "last.ckpt"
+        started = time.perf_counter()
+        trainer.fit(
+            module,
+            train_dataloaders=train_loader(strategy.train_records(task), resolved["data"]),
+            ckpt_path=str(resume_from) if resume_from.exists() else None,
+        )
+        train_time = time.perf_counter() - started
+        started = time.perf_counter()
+        trainer.validate(
+            module, dataloaders=eval_loader(task.eval, resolved["data"]), verbose=False
+        )
+        eval_time = time.perf_counter() - started
+        result = module.last_result
+        assert result is not None, "validation produced no result"
+        strategy.on_task_end(module, task)
+
+        extra = {
+            "epochs": epochs,
+            "steps": int(trainer.global_step),
+            **module.parameter_counts(),
+            **strategy.memory(module),
+            "peak_rss_mb": round(peak_memory_mb(), 1),
+            "train_time_s": round(train_time, 2),
+            "eval_time_s": round(eval_time, 2),
+        }
+        row = task_row(task, result, extra)
+        if is_rank_zero():
+            save_torch(
+                output_dir / "checkpoints" / f"task_{task.index}.pt",
+                {
+                    "detector": module.detector_state_dict(),
+                    "strategy": strategy.state_dict(),
+                    "task": task.index,
+                    "class_names": list(scenario.class_names),
+                    "model": resolved["model"],
+                },
+            )
+            book.record(row, result, scenario.class_names)
+            for logger in loggers:
+                logger.log_metrics(
+                    {f"task/{k}": v for k, v in row.items() if isinstance(v, int | float)},
+                    step=task.index,
+                )
+            state.mark_task(task.index, train_time_s=row["train_time_s"])
+        say(
+            f"   task {task.index + 1} done in {train_time:.0f} s: map50 {row['map50']:.3f}"
+            + (f", old {row['old/map50']:.3f}, new {row['new/map50']:.3f}" if task.old else "")
+        )
+
+    header = {
+        "status": "done",
+        "strategy": resolved["strategy"]["name"],
+        "scenario": scenario.name,
+        "data": resolved["data"]["name"],
+        "model": Path(str(resolved["model"].get("_target_", ""))).suffix.lstrip(".") or "detector",
+        "seed": seed,
+        "num_tasks": len(tasks),
+        "class_names": list(scenario.class_names),
+    }
+    summary = book.summary(tasks, header) if is_rank_zero() else {}
+    if is_rank_zero():
+        book.write_summary(summary)
+        for logger in loggers:
+            logger.finalize("success")
+        columns = ["task", "classes", "map", "map50", "old/map50", "new/map50", "train_time_s"]
+        print(
+            format_table(
+                [
+                    {k: r.get(k) if r.get(k) is not None else "-" for k in columns}
+                    for r in summary["rows"]
+                ],
+                columns,
+            )
+        )
+        print(
+            f"final map {summary['final']['map']:.3f}, map50 {summary['final']['map50']:.3f}; "
+            f"results in {output_dir}"
+        )
+    return summary

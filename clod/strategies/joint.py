@@ -1,0 +1,13 @@
+"""Joint training on every class of the scenario at once: the upper bound (strategies.md §2).
+
+One task holds every image with a box of any scenario class, keeping all their boxes.
+"""
+
+from __future__ import annotations
+
+from clod.strategies.base import Strategy
+
+
+class Joint(Strategy):
+    name = "joint"
+    joint = True

@@ -1,0 +1,13 @@
+"""Fine-tuning on each new task: the lower bound (strategies.md §1).
+
+Old objects in new images are background, so forgetting is catastrophic. Nothing
+differs from plain training.
+"""
+
+from __future__ import annotations
+
+from clod.strategies.base import Strategy
+
+
+class Naive(Strategy):
+    name = "naive"
