@@ -272,6 +272,8 @@ class DetectionMetric(Metric):
             raise ValueError(
                 f"got {len(preds)} predictions, {len(targets)} targets and {len(indices)} image indices"
             )
+        if not indices:
+            return
         prediction_chunks, target_chunks, image_chunks = [], [], []
         for image_index, prediction, target in zip(indices, preds, targets, strict=True):
             prediction_chunk = self._prediction_rows(int(image_index), prediction)

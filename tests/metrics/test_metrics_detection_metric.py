@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -125,11 +126,17 @@ def test_update_rejects_inconsistent_input():
         metric.update([prediction], [target], [0])
     with pytest.raises(ValueError, match="image indices"):
         metric.update([prediction], [target], [0, 1])
+    metric.update([], [], [])  # an empty batch adds nothing
+    assert metric.gathered_tables()[2].size == 0
 
 
 def _ddp_worker(rank: int, world_size: int, store_path: str, out_dir: str) -> None:
     dist.init_process_group(
-        "gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size
+        "gloo",
+        init_method=f"file://{store_path}",
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=60),  # fail fast instead of hanging on a collective mismatch
     )
     try:
         case, inputs = per_image_inputs()
