@@ -29,9 +29,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from clod.data.build import build_experiment_tasks
+from clod.data.scenario import Scenario
 from clod.data.tasks import Task
 from clod.engine.data import eval_loader, train_loader
 from clod.engine.io import save_torch
+from clod.engine.loggers import RunLoggers
 from clod.engine.module import CLODModule
 from clod.engine.results import ResultsBook, peak_memory_mb, task_row
 from clod.engine.state import RunState
@@ -51,10 +53,6 @@ def say(message: str) -> None:
     """A line for the user on stdout (rank 0 only)."""
     if is_rank_zero():
         print(message, flush=True)
-
-
-def build_loggers(cfg: Mapping[str, Any]) -> list[Any]:
-    return [instantiate(entry) for entry in (cfg.get("logger") or {}).values() if entry]
 
 
 def make_trainer(
@@ -151,9 +149,42 @@ def _run(
             f"model.num_classes={detector.num_classes} but the data has {scenario.num_classes} classes"
         )
     strategy: Strategy = instantiate(cfg.strategy)
-    loggers = build_loggers(resolved)
     if is_rank_zero():
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    loggers = (
+        RunLoggers(resolved.get("logger"), run_id=state.data.get("wandb_run_id"))
+        if is_rank_zero()
+        else RunLoggers(None)
+    )
+    status = "failed"
+    try:
+        summary = _run_tasks(
+            cfg, resolved, output_dir, state, book, detector, strategy, scenario, tasks, loggers
+        )
+        status = "success"
+    finally:
+        loggers.close(status)
+    return summary
+
+
+def _run_tasks(
+    cfg: DictConfig,
+    resolved: dict[str, Any],
+    output_dir: Path,
+    state: RunState,
+    book: ResultsBook,
+    detector: Detector,
+    strategy: Strategy,
+    scenario: Scenario,
+    tasks: list[Task],
+    loggers: RunLoggers,
+) -> dict[str, Any]:
+    seed = int(resolved["seed"])
+    if loggers.loggers:
+        loggers.start(resolved)
+        run_id = loggers.wandb_run_id()
+        if run_id:
+            state.set(wandb_run_id=run_id)
 
     done = [t for t in state.tasks_done if t < len(tasks)]
     if done:
@@ -171,7 +202,7 @@ def _run(
         pl.seed_everything(seed + task.index, workers=True, verbose=False)
         module = CLODModule(detector, strategy, task, resolved["optimizer"], resolved["eval"])
         strategy.on_task_start(module, task)
-        trainer = make_trainer(resolved, task, output_dir, loggers, epochs)
+        trainer = make_trainer(resolved, task, output_dir, loggers.loggers, epochs)
         resume_from = output_dir / "checkpoints" / f"task_{task.index}" / "last.ckpt"
         started = time.perf_counter()
         trainer.fit(
@@ -211,11 +242,8 @@ def _run(
                 },
             )
             book.record(row, result, scenario.class_names)
-            for logger in loggers:
-                logger.log_metrics(
-                    {f"task/{k}": v for k, v in row.items() if isinstance(v, int | float)},
-                    step=task.index,
-                )
+            matrix = book.summary(tasks, {})["continual"]["map50"]["R"]
+            loggers.log_task(row, matrix)
             state.mark_task(task.index, train_time_s=row["train_time_s"])
         say(
             f"   task {task.index + 1} done in {train_time:.0f} s: map50 {row['map50']:.3f}"
@@ -235,8 +263,7 @@ def _run(
     summary = book.summary(tasks, header) if is_rank_zero() else {}
     if is_rank_zero():
         book.write_summary(summary)
-        for logger in loggers:
-            logger.finalize("success")
+        loggers.log_summary(summary)
         columns = ["task", "classes", "map", "map50", "old/map50", "new/map50", "train_time_s"]
         print(
             format_table(

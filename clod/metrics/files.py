@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from clod.errors import DataError
 from clod.metrics.detection import SCALAR_NAMES, evaluate_detections
 from clod.metrics.records import (
     Detections,
@@ -31,7 +32,7 @@ from clod.metrics.records import (
 )
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(DataError, ValueError):
     """An evaluation input file is missing or malformed; the message names the file."""
 
     def __init__(self, path: Path | str, problem: str) -> None:
