@@ -209,9 +209,10 @@ class CLODModule(pl.LightningModule):
             del state[key]  # rebuilt from the previous task's weights
         # Resuming at an epoch boundary replays the same shuffles and augmentations only if
         # the random generators continue from where they were.
-        checkpoint["rng"] = {
+        name, keys, position, has_gauss, cached = np.random.get_state()
+        checkpoint["rng"] = {  # plain types and tensors: loadable with weights_only=True
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
             "python": random.getstate(),
         }
 
@@ -223,7 +224,8 @@ class CLODModule(pl.LightningModule):
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            name, keys, position, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))
             random.setstate(rng["python"])
 
     # ------------------------------------------------------------------ accounting

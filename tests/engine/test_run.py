@@ -1,0 +1,151 @@
+"""End-to-end runs of ``python -m clod.train`` on the tiny benchmark: outputs, resume, W&B."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.engine.conftest import ROOT, clod_env, run_train, train_command
+
+METRIC_COLUMNS = ["task", "classes", "train_images", "eval_images", "map", "map50", "map75",
+                  "map50_voc07", "map50_voc", "old/map50", "new/map50", "steps", "params_held"]  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # a banner per task and a table at the end
+    assert "== task 1/3 [naive]: aeroplane, bicycle" in result.stdout
+    assert "== task 3/3 [naive]: boat" in result.stdout
+    assert "final map" in result.stdout
+
+    rows = read_rows(run_dir / "results.csv")
+    assert [r["task"] for r in rows] == ["0", "1", "2"]
+    assert [r["classes"] for r in rows] == ["aeroplane bicycle", "bird", "boat"]
+    assert rows[0]["old/map50"] == "" and rows[1]["old/map50"] != ""
+    for row in rows:
+        assert 0.0 <= float(row["map50"]) <= 1.0
+        assert int(row["steps"]) > 0
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["tasks_done"] == 3
+    assert summary["final"]["map50"] == pytest.approx(float(rows[-1]["map50"]))
+    assert len(summary["continual"]["map50"]["R"]) == 3
+    assert summary["memory"]["params_held"] == int(rows[-1]["params_held"])
+    per_task = json.loads((run_dir / "results" / "task_2.json").read_text())
+    assert len(per_task["result"]["ap50"]) == 4  # full per-class table, every class
+
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "done" and state["tasks_done"] == [0, 1, 2]
+    checkpoint = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=False)
+    assert any(k.startswith("backbone.") for k in checkpoint["detector"])
+    assert not any(k.startswith("teacher.") for k in checkpoint["detector"])
+
+    # the same command again finds the run finished and changes nothing
+    before = (run_dir / "results.csv").stat().st_mtime_ns
+    again = run_train(run_dir, data_dir)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert (run_dir / "results.csv").stat().st_mtime_ns == before
+
+    # a different configuration into the same directory is refused, naming the key
+    changed = run_train(run_dir, data_dir, "seed=7")
+    assert changed.returncode == 2
+    assert "holds a run with a different configuration (seed: 1234 -> 7)" in changed.stderr
+
+
+def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) -> None:
+    overrides = ("trainer.epochs=4",)
+    reference = run_train(tmp_path / "uninterrupted", data_dir, *overrides)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        train_command(run_dir, *overrides),
+        cwd=ROOT,
+        env=clod_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Kill it with a real SIGKILL once task 2 (index 1) has saved its first epoch.
+    marker = run_dir / "checkpoints" / "task_1" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["tasks_done"] == [0], "the kill must land in the middle of task 2"
+    assert marker.exists()
+
+    resumed = run_train(run_dir, data_dir, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "tasks 1 already done" in resumed.stdout
+
+    expected = read_rows(tmp_path / "uninterrupted" / "results.csv")
+    got = read_rows(run_dir / "results.csv")
+    assert [{k: r[k] for k in METRIC_COLUMNS} for r in got] == [
+        {k: r[k] for k in METRIC_COLUMNS} for r in expected
+    ]
+    # not only the metrics: the final weights are bit-identical
+    final_a = torch.load(
+        tmp_path / "uninterrupted" / "checkpoints" / "task_2.pt", weights_only=False
+    )
+    final_b = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=False)
+    for key, value in final_a["detector"].items():
+        assert torch.equal(value, final_b["detector"][key]), key
+    assert json.loads((run_dir / "state.json").read_text())["attempts"] == 2
+
+
+def wandb_inspect(run_path: Path, *flags: str) -> str:
+    result = subprocess.run(
+        ["wandb", "leet", "inspect", *flags, "--json", str(run_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_wandb_offline_run_holds_config_task_metrics_and_summary(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result = run_train(run_dir, data_dir, "logger=wandb", "tags=[smoke,test]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+
+    info = json.loads(wandb_inspect(wandb_run, "--summary"))
+    assert info["config"]["strategy"]["name"] == "naive"
+    assert info["config"]["scenario"]["name"] == "2p1"
+    assert sorted(info["tags"]) == ["smoke", "test"]
+    summary = info["summary"]
+    expected = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final/map50"] == pytest.approx(expected["final"]["map50"])
+    assert summary["final/avg_inc_map"] == pytest.approx(expected["avg_inc"]["map"])
+    assert summary["mem/params_held"] == expected["memory"]["params_held"]
+
+    records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line.strip()]
+    task_points = [
+        r["history"]["item"]
+        for r in records
+        if r.get("type") == "history" and "task/map50" in r["history"]["item"]
+    ]
+    rows = read_rows(run_dir / "results.csv")
+    assert [p["task/idx"] for p in task_points] == [0, 1, 2]
+    assert [p["task/map50"] for p in task_points] == pytest.approx(
+        [float(r["map50"]) for r in rows]
+    )
