@@ -1,0 +1,385 @@
+"""NanoDetPlusHead (nanodet_plus.md §5–§8, §11): towers, priors, loss, decoding and growth.
+
+Conventions used by every method:
+
+* ``raw`` is B×N×(C+32): class logits first, then 4 groups of ``reg_max + 1`` bin logits in
+  the order left, top, right, bottom.
+* Priors are ordered by level (strides 8, 16, 32, 64), row-major (y outer, x inner), with
+  centres (j·s, i·s) and no half-stride offset.
+* ``input_size`` is ``(height, width)`` of the padded input, i.e. ``tuple(images.shape[-2:])``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from clod.models.assigner import assign
+from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box, warp_boxes
+from clod.models.layers import DWConvModule
+from clod.models.losses import (
+    DFL_WEIGHT,
+    GIOU_WEIGHT,
+    QFL_WEIGHT,
+    avg_factor,
+    distribution_focal_loss,
+    giou_loss,
+    quality_focal_loss,
+)
+from clod.models.nms import batched_nms
+
+PRIOR_PROB = 0.01
+# log(0.01 / 0.99) rounded the way the spec states it, so every class starts at σ ≈ 0.01.
+CLS_BIAS_INIT = -4.595
+DFL_TARGET_MAX = 6.9  # keeps ⌊t⌋ + 1 ≤ reg_max
+
+
+class HeadOutput(NamedTuple):
+    """raw: B×N×(C+4·(reg_max+1)); towers: the four tower outputs after their last activation."""
+
+    raw: torch.Tensor
+    towers: tuple[torch.Tensor, ...]
+
+
+class Priors(NamedTuple):
+    centres: torch.Tensor  # (N, 2) x, y in input pixels
+    strides: torch.Tensor  # (N,)
+
+
+def make_priors(
+    input_size: tuple[int, int],
+    strides: Sequence[int],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Priors:
+    """Prior centres for an input of (height, width): ⌈H/s⌉·⌈W/s⌉ per level, row-major."""
+    height, width = input_size
+    centres: list[torch.Tensor] = []
+    prior_strides: list[torch.Tensor] = []
+    for stride in strides:
+        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+        ys = torch.arange(rows, device=device, dtype=dtype) * stride
+        xs = torch.arange(cols, device=device, dtype=dtype) * stride
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        centres.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1))
+        prior_strides.append(torch.full((rows * cols,), float(stride), device=device, dtype=dtype))
+    return Priors(torch.cat(centres), torch.cat(prior_strides))
+
+
+def expand_class_rows(
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    old_classes: int,
+    new_classes: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-lay a ``gfl_cls`` weight/bias from C_o to C_n class rows (spec §11).
+
+    Class rows [0, C_o) stay put, box rows [C_o, end) move to [C_n, end + C_n − C_o), and the
+    new class rows [C_o, C_n) get N(0, 0.01) weights and the prior bias.
+    """
+    if new_classes < old_classes:
+        raise ValueError(f"cannot shrink the head from {old_classes} to {new_classes} classes")
+    box_rows = weight.shape[0] - old_classes
+    new_weight = weight.new_empty((new_classes + box_rows, *weight.shape[1:]))
+    new_bias = bias.new_empty(new_classes + box_rows)
+    new_weight[:old_classes] = weight[:old_classes]
+    new_bias[:old_classes] = bias[:old_classes]
+    new_weight[new_classes:] = weight[old_classes:]
+    new_bias[new_classes:] = bias[old_classes:]
+    fresh = torch.randn(
+        (new_classes - old_classes, *weight.shape[1:]), generator=generator, dtype=torch.float32
+    )
+    new_weight[old_classes:new_classes] = (fresh * PRIOR_PROB).to(new_weight)
+    new_bias[old_classes:new_classes] = CLS_BIAS_INIT
+    return new_weight, new_bias
+
+
+class NanoDetPlusHead(nn.Module):
+    """Per-level towers of depthwise-separable convs and one 1×1 output conv per level.
+
+    Args:
+        num_classes: C, the allocated class channels.
+        in_channels: width of the neck outputs.
+        feat_channels: width of the towers (equal to ``in_channels`` upstream).
+        stacked_convs: DWConvModules per tower.
+        kernel_size: tower kernel.
+        strides: one per pyramid level.
+        reg_max: the largest distance bin; a side is predicted over ``reg_max + 1`` bins.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 96,
+        feat_channels: int = 96,
+        stacked_convs: int = 2,
+        kernel_size: int = 5,
+        strides: Sequence[int] = (8, 16, 32, 64),
+        reg_max: int = 7,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.strides = tuple(int(s) for s in strides)
+        self.reg_max = int(reg_max)
+        self.num_bins = self.reg_max + 1
+        self.cls_convs = nn.ModuleList()
+        for _ in self.strides:
+            tower = [
+                DWConvModule(in_channels if i == 0 else feat_channels, feat_channels, kernel_size)
+                for i in range(stacked_convs)
+            ]
+            self.cls_convs.append(nn.Sequential(*tower))
+        self.gfl_cls = nn.ModuleList(
+            nn.Conv2d(feat_channels, self.num_classes + 4 * self.num_bins, 1) for _ in self.strides
+        )
+        self.register_buffer(
+            "bin_values", torch.arange(self.num_bins, dtype=torch.float32), persistent=False
+        )
+        self.reset_parameters()
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes + 4 * self.num_bins
+
+    def reset_parameters(self) -> None:
+        for tower in self.cls_convs:
+            for module in tower:
+                module.init_normal(0.01)
+        for conv in self.gfl_cls:
+            nn.init.normal_(conv.weight, mean=0.0, std=0.01)
+            nn.init.constant_(conv.bias, CLS_BIAS_INIT)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, pyramid: Sequence[torch.Tensor]) -> HeadOutput:
+        if len(pyramid) != len(self.strides):
+            raise ValueError(f"expected {len(self.strides)} levels, got {len(pyramid)}")
+        towers: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        for feature, tower, out_conv in zip(pyramid, self.cls_convs, self.gfl_cls, strict=True):
+            tower_out = tower(feature)
+            towers.append(tower_out)
+            level_out = out_conv(tower_out)
+            # B×C×H×W → B×(H·W)×C, row-major priors; a free view for channels-last maps.
+            outputs.append(
+                level_out.permute(0, 2, 3, 1).reshape(level_out.shape[0], -1, level_out.shape[1])
+            )
+        raw = torch.cat(outputs, dim=1)
+        return HeadOutput(raw=raw, towers=tuple(towers))
+
+    # ------------------------------------------------------------------ geometry
+    def priors(
+        self, input_size: tuple[int, int], device: torch.device | str, dtype: torch.dtype
+    ) -> Priors:
+        return make_priors(input_size, self.strides, device, dtype)
+
+    def decode_distances(self, reg_logits: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
+        """(..., 4·(reg_max+1)) bin logits → (..., 4) distances l, t, r, b in pixels."""
+        bins = reg_logits.unflatten(-1, (4, self.num_bins)).softmax(dim=-1)
+        expectation = bins @ self.bin_values.to(bins.dtype)
+        return expectation * strides[..., None]
+
+    def decode_boxes(self, raw: torch.Tensor, priors: Priors) -> torch.Tensor:
+        """Unclamped predicted boxes (..., N, 4) from ``raw``."""
+        distances = self.decode_distances(raw[..., self.num_classes :], priors.strides)
+        return distance_to_box(priors.centres, distances)
+
+    def _check_raw(self, raw: torch.Tensor, input_size: tuple[int, int]) -> Priors:
+        if raw.shape[-1] != self.num_outputs:
+            raise ValueError(f"raw has {raw.shape[-1]} channels, head expects {self.num_outputs}")
+        priors = self.priors(input_size, raw.device, raw.dtype)
+        if raw.shape[-2] != priors.centres.shape[0]:
+            raise ValueError(
+                f"raw has {raw.shape[-2]} priors but input_size {tuple(input_size)} (H, W) "
+                f"gives {priors.centres.shape[0]}"
+            )
+        return priors
+
+    # ------------------------------------------------------------------ loss
+    def loss(
+        self,
+        raw: torch.Tensor,
+        boxes: Sequence[torch.Tensor],
+        labels: Sequence[torch.Tensor],
+        input_size: tuple[int, int],
+        class_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """QFL + 2·GIoU + 0.25·DFL with the assignments of :func:`assign` (spec §6–§7).
+
+        Args:
+            raw: B×N×(C+32) head output.
+            boxes: per image (n_i, 4) xyxy GT boxes in input pixels.
+            labels: per image (n_i,) int64 global labels (< C).
+            input_size: (height, width) of the padded input.
+            class_mask: optional bool (C,) restricting QFL to these channels and the
+                GIoU/DFL weights to the max score over them (ERD's new-class supervision).
+                The assigner still sees every channel.
+        Returns:
+            ``loss`` (total), ``loss_qfl``, ``loss_bbox`` (weighted GIoU), ``loss_dfl``.
+        """
+        priors = self._check_raw(raw, input_size)
+        num_classes = self.num_classes
+        cls_logits = raw[..., :num_classes]
+        reg_logits = raw[..., num_classes:]
+        gt_boxes, gt_labels, gt_valid = pad_targets(boxes, labels, raw.device, raw.dtype)
+        if gt_valid.any() and int(gt_labels[gt_valid].max()) >= num_classes:
+            raise ValueError(
+                f"a GT label is >= num_classes={num_classes}; allocate every class of the scenario"
+            )
+
+        with torch.no_grad():
+            pred_boxes = self.decode_boxes(raw.detach(), priors)
+            assignment = assign(
+                cls_logits.detach(), pred_boxes, priors.centres, gt_boxes, gt_labels, gt_valid
+            )
+        batch_idx, prior_idx = assignment.positive.nonzero(as_tuple=True)
+        matched_gt = assignment.gt_index[batch_idx, prior_idx]
+        pos_labels = gt_labels[batch_idx, matched_gt]
+        pos_gt_boxes = gt_boxes[batch_idx, matched_gt]
+
+        qfl_targets = torch.zeros_like(cls_logits)
+        qfl_targets[batch_idx, prior_idx, pos_labels] = assignment.iou[batch_idx, prior_idx].to(
+            raw.dtype
+        )
+        if class_mask is not None:
+            qfl_sum = quality_focal_loss(cls_logits[..., class_mask], qfl_targets[..., class_mask])
+        else:
+            qfl_sum = quality_focal_loss(cls_logits, qfl_targets)
+        num_pos = avg_factor(torch.tensor(float(batch_idx.numel()), device=raw.device))
+        loss_qfl = QFL_WEIGHT * qfl_sum / num_pos
+
+        if batch_idx.numel() == 0:
+            # Zero, but attached to the graph so DDP sees a gradient for every parameter.
+            loss_bbox = reg_logits.sum() * 0.0
+            loss_dfl = reg_logits.sum() * 0.0
+        else:
+            pos_cls = cls_logits[batch_idx, prior_idx].detach()
+            if class_mask is not None:
+                pos_cls = pos_cls[:, class_mask]
+            weights = pos_cls.sigmoid().amax(dim=1)
+            pos_reg = reg_logits[batch_idx, prior_idx]
+            pos_centres = priors.centres[prior_idx]
+            pos_strides = priors.strides[prior_idx]
+            pos_pred_boxes = distance_to_box(
+                pos_centres, self.decode_distances(pos_reg, pos_strides)
+            )
+            weight_factor = avg_factor(weights.sum())
+            loss_bbox = (
+                GIOU_WEIGHT
+                * (weights * giou_loss(pos_pred_boxes, pos_gt_boxes)).sum()
+                / weight_factor
+            )
+            target_bins = (box_to_distance(pos_centres, pos_gt_boxes) / pos_strides[:, None]).clamp(
+                0.0, DFL_TARGET_MAX
+            )
+            dfl = distribution_focal_loss(
+                pos_reg.reshape(-1, self.num_bins), target_bins.reshape(-1)
+            )
+            loss_dfl = (
+                DFL_WEIGHT * (dfl * weights.repeat_interleave(4)).sum() / (4.0 * weight_factor)
+            )
+        return {
+            "loss": loss_qfl + loss_bbox + loss_dfl,
+            "loss_qfl": loss_qfl,
+            "loss_bbox": loss_bbox,
+            "loss_dfl": loss_dfl,
+        }
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def decode(
+        self,
+        raw: torch.Tensor,
+        input_size: tuple[int, int],
+        warps: torch.Tensor | None = None,
+        orig_sizes: torch.Tensor | None = None,
+        score_thr: float = 0.05,
+        nms_iou: float = 0.6,
+        max_det: int = 100,
+        class_mask: torch.Tensor | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Post-process ``raw`` into per-image detections (spec §8).
+
+        Args:
+            raw: B×N×(C+32).
+            input_size: (height, width) of the padded input.
+            warps: optional (B, 3, 3) original→input matrices; with them the boxes are mapped
+                back to original-image pixels (and clipped to ``orig_sizes`` if given).
+            orig_sizes: optional (B, 2) (height, width) of the original images.
+            class_mask: optional bool (C,); channels that are False are never detected
+                (protocol ``eval.restrict_to_seen``). Labels stay global indices.
+        Returns:
+            One dict per image with ``boxes`` (k, 4) float32, ``scores`` (k,), ``labels``
+            (k,) int64, sorted by descending score, k ≤ ``max_det``.
+        """
+        priors = self._check_raw(raw, input_size)
+        height, width = input_size
+        scores = raw[..., : self.num_classes].sigmoid()
+        if class_mask is not None:
+            scores = scores * class_mask.to(device=scores.device, dtype=scores.dtype)
+        boxes = clip_boxes(self.decode_boxes(raw, priors), height, width)
+        results: list[dict[str, torch.Tensor]] = []
+        for image in range(raw.shape[0]):
+            prior_idx, class_idx = (scores[image] > score_thr).nonzero(as_tuple=True)
+            cand_boxes = boxes[image, prior_idx]
+            cand_scores = scores[image, prior_idx, class_idx]
+            keep = batched_nms(cand_boxes, cand_scores, class_idx, nms_iou, max_keep=max_det)
+            det_boxes = cand_boxes[keep]
+            if warps is not None:
+                inverse = torch.linalg.inv(warps[image].to(torch.float64))
+                det_boxes = warp_boxes(det_boxes, inverse)
+                if orig_sizes is not None:
+                    orig_h, orig_w = (float(v) for v in orig_sizes[image])
+                    det_boxes = clip_boxes(det_boxes, orig_h, orig_w)
+            results.append(
+                {
+                    "boxes": det_boxes.float(),
+                    "scores": cand_scores[keep].float(),
+                    "labels": class_idx[keep].long(),
+                }
+            )
+        return results
+
+    # ------------------------------------------------------------------ growth
+    @torch.no_grad()
+    def grow(self, new_num_classes: int, generator: torch.Generator | None = None) -> None:
+        """Grow every level's output conv to ``new_num_classes`` class rows (spec §11)."""
+        new_num_classes = int(new_num_classes)
+        if new_num_classes == self.num_classes:
+            return
+        for level, conv in enumerate(self.gfl_cls):
+            weight, bias = expand_class_rows(
+                conv.weight, conv.bias, self.num_classes, new_num_classes, generator
+            )
+            grown = nn.Conv2d(conv.in_channels, weight.shape[0], 1).to(weight)
+            grown.weight.copy_(weight)
+            grown.bias.copy_(bias)
+            self.gfl_cls[level] = grown
+        self.num_classes = new_num_classes
+
+
+def pad_targets(
+    boxes: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    device: torch.device | str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack per-image GT lists into (B, G, 4) boxes, (B, G) labels and a (B, G) valid mask."""
+    batch = len(boxes)
+    counts = [int(b.shape[0]) for b in boxes]
+    max_count = max(counts, default=0)
+    gt_boxes = torch.zeros(batch, max_count, 4, device=device, dtype=dtype)
+    gt_labels = torch.zeros(batch, max_count, device=device, dtype=torch.long)
+    gt_valid = torch.zeros(batch, max_count, device=device, dtype=torch.bool)
+    for image, (image_boxes, image_labels) in enumerate(zip(boxes, labels, strict=True)):
+        n = counts[image]
+        gt_boxes[image, :n] = image_boxes.to(device=device, dtype=dtype)
+        gt_labels[image, :n] = image_labels.to(device=device, dtype=torch.long)
+        gt_valid[image, :n] = True
+    return gt_boxes, gt_labels, gt_valid

@@ -1,0 +1,68 @@
+"""Quality Focal, Distribution Focal and GIoU losses (nanodet_plus.md §6).
+
+The functions return *unnormalised sums* (or per-element values); the head divides by the
+avg factors, which :func:`mean_over_ranks` averages over DDP ranks first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from clod.models.boxes import aligned_giou
+
+QFL_BETA = 2.0
+QFL_WEIGHT = 1.0
+GIOU_WEIGHT = 2.0
+DFL_WEIGHT = 0.25
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """All-reduce mean of a scalar tensor over DDP ranks (identity without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value = value / dist.get_world_size()
+    return value
+
+
+def avg_factor(value: torch.Tensor) -> torch.Tensor:
+    """The rank-averaged value floored at 1, as every normaliser in spec §6 uses."""
+    return mean_over_ranks(value.detach().float()).clamp(min=1.0)
+
+
+def quality_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, beta: float = QFL_BETA
+) -> torch.Tensor:
+    """Σ BCEwithLogits(x, y)·|y − σ(x)|^β over every element (sum, not mean).
+
+    ``targets`` holds the soft IoU label at a positive's class and 0 elsewhere.
+    """
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    gap = targets - logits.sigmoid()
+    modulator = gap.square() if beta == 2.0 else gap.abs().pow(beta)
+    return (bce * modulator).sum()
+
+
+def distribution_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row DFL: CE at ⌊t⌋ weighted (⌊t⌋+1−t) plus CE at ⌊t⌋+1 weighted (t−⌊t⌋).
+
+    Args:
+        logits: (M, reg_max + 1) bin logits.
+        targets: (M,) continuous targets in bin units, already clamped below reg_max.
+    Returns:
+        (M,) losses.
+    """
+    left = targets.floor().long()
+    right = left + 1
+    weight_left = right.to(targets.dtype) - targets
+    weight_right = targets - left.to(targets.dtype)
+    log_probs = F.log_softmax(logits, dim=-1)
+    picked = log_probs.gather(1, torch.stack((left, right), dim=1))
+    return -(picked[:, 0] * weight_left + picked[:, 1] * weight_right)
+
+
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    """Per-row 1 − GIoU (eps 1e-7 on union and hull)."""
+    return 1.0 - aligned_giou(pred_boxes, target_boxes)
