@@ -1,7 +1,15 @@
-"""Offline evaluation entry point.
+"""Offline evaluation entry point, in two modes.
+
+Detection files (from clod or any other tool) against COCO-format ground truth::
 
     python -m clod.evaluate gt=<coco_annotations.json> dets=<coco_results.json> \
         [difficult=gt|ignore] [max_det=100] [legacy_voc=false]
+
+A run's task checkpoint on its test set (the run directory's ``config.yaml`` says
+which data and scenario; extra ``key.sub=value`` pairs override it)::
+
+    python -m clod.evaluate run=<run dir> [task=<k>] [classes=seen|all|name,name] [eval.test_images=all_images]
+    python -m clod.evaluate ckpt=<run dir>/checkpoints/task_<k>.pt [classes=...]
 
 Arguments are ``key=value`` pairs (Hydra-style, without Hydra: this mode needs no config). The
 last line of stdout is one JSON object (see ``clod.metrics.files.evaluate_coco_files``). On bad
@@ -59,8 +67,58 @@ def parse_arguments(argv: Sequence[str]) -> dict[str, object]:
     return options
 
 
+def evaluate_checkpoint(arguments: Sequence[str]) -> dict[str, object]:
+    """The checkpoint mode: ``run=``/``ckpt=``, ``task=``, ``classes=``, config overrides."""
+    from pathlib import Path
+
+    from clod.engine.evaluation import evaluate_run_checkpoint
+
+    values: dict[str, str] = {}
+    overrides: list[str] = []
+    for argument in arguments:
+        key, separator, value = argument.partition("=")
+        if not separator or not key:
+            raise ArgumentError(f"expected key=value, got {argument!r}")
+        if key in ("run", "ckpt", "task", "classes"):
+            values[key] = value
+        elif "." in key:
+            overrides.append(argument)
+        else:
+            raise ArgumentError(
+                f"unknown key {key!r} (run, ckpt, task, classes, or a config key like eval.test_images)"
+            )
+    task: int | None = None
+    if "ckpt" in values:
+        checkpoint = Path(values["ckpt"])
+        run_dir = checkpoint.parent.parent
+        stem = checkpoint.stem
+        if not stem.startswith("task_") or not stem[5:].isdigit():
+            raise ArgumentError(f"ckpt must be a run's checkpoints/task_<k>.pt, got {checkpoint}")
+        task = int(stem[5:])
+    else:
+        run_dir = Path(values["run"])
+    if "task" in values:
+        if not values["task"].isdigit():
+            raise ArgumentError(f"task must be a task index, got {values['task']!r}")
+        task = int(values["task"])
+    return evaluate_run_checkpoint(run_dir, task, values.get("classes", "seen"), overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
+    if any(a.startswith(("run=", "ckpt=")) for a in arguments):
+        from clod.errors import ClodError
+
+        try:
+            result = evaluate_checkpoint(arguments)
+        except ArgumentError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except ClodError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(json.dumps(result))
+        return 0
     try:
         options = parse_arguments(arguments)
     except ArgumentError as error:

@@ -137,3 +137,30 @@ def test_bad_input_is_one_clear_line_and_exit_2(
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert f"error: {message}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("option", options("strategy"))
+def test_every_strategy_instantiates(option: str, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from clod.strategies.base import Strategy
+
+    cfg = compose_train([f"strategy={option}"], output_dir=tmp_path)
+    strategy = instantiate(cfg.strategy)
+    assert isinstance(strategy, Strategy) and strategy.name == cfg.strategy.name
+
+
+@pytest.mark.parametrize("option", options("model"))
+@pytest.mark.parametrize("data", ["synthetic", "synthetic_tiny", "coco"])
+def test_every_model_instantiates_for_the_data(option: str, data: str, tmp_path: Path) -> None:
+    import torch
+
+    from clod.models.detector import build_detector
+
+    overrides = [f"model={option}", f"data={data}"] + (["data.root=/x"] if data == "coco" else [])
+    cfg = compose_train(overrides, output_dir=tmp_path)
+    detector = build_detector(cfg.model)
+    assert detector.num_classes == cfg.data.num_classes
+    width, height = cfg.model.input_size
+    raw = detector(torch.zeros(1, 3, height, width)).raw
+    assert raw.shape[-1] == cfg.data.num_classes + 32

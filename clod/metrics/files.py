@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from clod.errors import DataError
-from clod.metrics.detection import SCALAR_NAMES, evaluate_detections
+from clod.metrics.detection import SCALAR_NAMES, DetectionResult, evaluate_detections
 from clod.metrics.records import (
     Detections,
     DifficultPolicy,
@@ -260,27 +260,38 @@ def evaluate_coco_files(
         legacy_voc=legacy_voc,
     )
     keys = _unique_keys(ground_truth.category_names, ground_truth.category_ids)
-    per_class = {
-        key: {
-            "category_id": int(category_id),
-            "class_index": index,
-            "ap": float(result.ap[index]),
-            "ap50": float(result.ap50[index]),
-            "ap75": float(result.ap75[index]),
-            "ap50_voc07": float(result.ap50_voc07[index]),
-            "ap50_voc": float(result.ap50_voc[index]),
-            "num_gt": int(result.num_gt[index]),
-        }
-        for index, (key, category_id) in enumerate(
-            zip(keys, ground_truth.category_ids, strict=True)
+    output = result_to_json(result, keys, ground_truth.category_ids)
+    output.update(difficult=difficult, num_detections=len(detections))
+    return output
+
+
+def result_to_json(
+    result: DetectionResult, names: Sequence[str], category_ids: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """A result as the JSON ``clod.evaluate`` prints: scalars, counts, per-class values by name.
+
+    Classes that were not evaluated (−1 everywhere and no GT) are left out of the tables.
+    """
+    per_class = {}
+    for index, name in enumerate(names):
+        if result.classes and index not in result.classes:
+            continue
+        entry: dict[str, Any] = {"class_index": index}
+        if category_ids is not None:
+            entry["category_id"] = int(category_ids[index])
+        entry.update(
+            ap=float(result.ap[index]),
+            ap50=float(result.ap50[index]),
+            ap75=float(result.ap75[index]),
+            ap50_voc07=float(result.ap50_voc07[index]),
+            ap50_voc=float(result.ap50_voc[index]),
+            num_gt=int(result.num_gt[index]),
         )
-    }
+        per_class[name] = entry
     output: dict[str, Any] = {name: float(getattr(result, name)) for name in SCALAR_NAMES}
     output.update(
-        difficult=difficult,
         num_images=int(result.num_images),
-        num_detections=len(detections),
-        num_gt=int(result.num_gt.sum()),
+        num_gt=int(sum(v["num_gt"] for v in per_class.values())),
         per_class_ap50={key: values["ap50"] for key, values in per_class.items()},
         per_class=per_class,
     )

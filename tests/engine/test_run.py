@@ -6,6 +6,7 @@ import csv
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +24,12 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+LEARNS = ("trainer.epochs=20",)  # enough for the tiny model to detect something in task 1
+
+
 def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_train(run_dir, data_dir)
+    result = run_train(run_dir, data_dir, *LEARNS)
     assert result.returncode == 0, result.stderr[-3000:]
     # a banner per task and a table at the end
     assert "== task 1/3 [naive]: aeroplane, bicycle" in result.stdout
@@ -56,12 +60,12 @@ def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Pa
 
     # the same command again finds the run finished and changes nothing
     before = (run_dir / "results.csv").stat().st_mtime_ns
-    again = run_train(run_dir, data_dir)
+    again = run_train(run_dir, data_dir, *LEARNS)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert (run_dir / "results.csv").stat().st_mtime_ns == before
 
     # a different configuration into the same directory is refused, naming the key
-    changed = run_train(run_dir, data_dir, "seed=7")
+    changed = run_train(run_dir, data_dir, *LEARNS, "seed=7")
     assert changed.returncode == 2
     assert "holds a run with a different configuration (seed: 1234 -> 7)" in changed.stderr
 
@@ -149,3 +153,21 @@ def test_wandb_offline_run_holds_config_task_metrics_and_summary(
     assert [p["task/map50"] for p in task_points] == pytest.approx(
         [float(r["map50"]) for r in rows]
     )
+
+    # clod.evaluate on a task checkpoint reproduces the evaluation the run recorded
+    assert float(rows[0]["map50"]) > 0.05, "the tiny model should have learnt something"
+    for task, row in enumerate(rows):
+        evaluation = subprocess.run(
+            [sys.executable, "-m", "clod.evaluate", f"ckpt={run_dir}/checkpoints/task_{task}.pt"],
+            cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert evaluation.returncode == 0, evaluation.stderr
+        printed = json.loads(evaluation.stdout.splitlines()[-1])
+        assert printed["task"] == task
+        for metric in ("map", "map50", "map50_voc07"):
+            assert printed[metric] == pytest.approx(float(row[metric]), abs=1e-9), metric
+    bad = subprocess.run(
+        [sys.executable, "-m", "clod.evaluate", f"run={run_dir}", "task=9"],
+        cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "task_9.pt does not exist" in bad.stderr
