@@ -70,9 +70,12 @@ def assign(
     )
     if gt_boxes.shape[1] == 0 or not bool(gt_valid.any()):
         return negative
-    cls_logits = cls_logits.detach().float()
-    pred_boxes = pred_boxes.detach().float()
-    gt_boxes = gt_boxes.float()
+    # Costs are computed in at least float32 (half-precision logits would round the costs).
+    work_dtype = torch.promote_types(cls_logits.dtype, torch.float32)
+    cls_logits = cls_logits.detach().to(work_dtype)
+    pred_boxes = pred_boxes.detach().to(work_dtype)
+    gt_boxes = gt_boxes.to(work_dtype)
+    centres = centres.to(work_dtype)
 
     # Candidates: centre strictly inside at least one (real) GT.  (B, N, G)
     x = centres[None, :, None, 0]

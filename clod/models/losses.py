@@ -29,7 +29,10 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 def avg_factor(value: torch.Tensor) -> torch.Tensor:
     """The rank-averaged value floored at 1, as every normaliser in spec §6 uses."""
-    return mean_over_ranks(value.detach().float()).clamp(min=1.0)
+    value = value.detach()
+    if not value.is_floating_point():
+        value = value.float()
+    return mean_over_ranks(value).clamp(min=1.0)
 
 
 def quality_focal_loss(

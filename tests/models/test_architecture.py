@@ -57,9 +57,7 @@ def test_building_block_counts() -> None:
 
 def test_bn_running_buffers_are_not_parameters_and_number_23156() -> None:
     model = build_model("nanodet_plus_m")
-    running = sum(
-        b.numel() for name, b in model.named_buffers() if "running_" in name
-    )
+    running = sum(b.numel() for name, b in model.named_buffers() if "running_" in name)
     bn_affine = sum(
         p.numel()
         for m in model.modules()
