@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ from clod.strategies.base import Strategy
 from clod.utils.table import format_table
 
 log = logging.getLogger(__name__)
+
+# Lightning announces accelerators and tips at INFO on every Trainer (one per task); clod
+# prints its own per-task banner instead. Warnings and errors still show.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def is_rank_zero() -> bool:
