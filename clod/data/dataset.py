@@ -15,6 +15,10 @@ from clod.errors import DataError
 
 PAD_MULTIPLE = 32  # the largest backbone stride: every feature map then has an integer size
 
+# OpenCV's own thread pool helps nothing on images this small, and its threads would
+# compete with torch's for the same cores (data workers run beside the training step).
+cv2.setNumThreads(1)
+
 
 def load_image(record: ImageRecord) -> np.ndarray:
     """Read a record's image as HxWx3 uint8 BGR; clear errors for unreadable or mis-sized files."""
