@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clod.data.coco import read_coco
@@ -141,3 +142,37 @@ def test_crowd_boxes_do_not_make_a_training_image(tmp_path: Path) -> None:
     # evaluation keeps the crowd region as ground truth for COCOeval
     a = next(r for r in tasks[1].eval if r.image_id == "a")
     assert a.iscrowd.tolist() == [True, False]
+
+
+def test_readers_give_identical_tasks_on_the_generated_benchmark(tmp_path: Path) -> None:
+    """data=synthetic_tiny and data=synthetic_coco-style reading of the same generated files."""
+    from clod.data.synthetic import SYNTHETIC_TINY, ensure_synthetic
+
+    root = ensure_synthetic(tmp_path, SYNTHETIC_TINY)
+    classes = SYNTHETIC_TINY.class_names
+    voc = [read_voc(root / "VOC2007", split, classes) for split in ("trainval", "test")]
+    coco = [
+        read_coco(
+            root / f"annotations/instances_{split}.json", root / "VOC2007/JPEGImages", classes
+        )
+        for split in ("trainval", "test")
+    ]
+    scenario = resolve_scenario(SCENARIO_2P1, classes)
+    voc_tasks, coco_tasks = build_tasks(scenario, *voc), build_tasks(scenario, *coco)
+    assert [t.counts() for t in voc_tasks] == [t.counts() for t in coco_tasks]
+    for a, b in zip(voc_tasks, coco_tasks, strict=True):
+        for part in ("train", "eval"):
+            left = {r.image_id: (r.labels.tolist(), r.difficult.tolist()) for r in getattr(a, part)}
+            right = {
+                r.image_id: (r.labels.tolist(), r.difficult.tolist()) for r in getattr(b, part)
+            }
+            assert left == right
+            boxes_a = {r.image_id: r.boxes for r in getattr(a, part)}
+            for r in getattr(b, part):
+                np.testing.assert_allclose(r.boxes, boxes_a[r.image_id], atol=1e-3)
+    # the generator's manifest counts agree with what the readers read
+    import json
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert sum(r.num_boxes for r in voc[0].records) == manifest["splits"]["trainval"]["boxes"]
+    assert len(voc[1].records) == manifest["splits"]["test"]["images"]
