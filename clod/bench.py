@@ -1,23 +1,34 @@
 """Model cost and speed benchmark: ``python -m clod.bench [hydra overrides]``.
 
-Prints one JSON object on stdout with the parameter counts, forward FLOPs and conv MACs per
-image, the fp32 matrix-multiply throughput of this machine, and for the inference pass and
-every benchmarked strategy the median images/s, peak RSS and the achieved fraction of the
+Prints one JSON object on stdout: parameter counts, forward FLOPs and conv MACs per image,
+the fp32 matrix-multiply throughput of this machine, and for inference and for every
+benchmarked strategy the median images/s, the peak RSS and the achieved fraction of the
 matmul throughput. Examples::
 
     python -m clod.bench
     python -m clod.bench model=nanodet_plus_m_1.5x batch_size=8 steps=5
     python -m clod.bench model=nanodet_tiny input_size=[128,128] threads=1
 
-FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the plain (un-fused)
-model, so the numerator is the network's own work; the timed inference pass uses the
-BN-folded copy (:meth:`Detector.fused`), which does the same convolutions with fewer
-memory passes.
+How the numbers are taken:
+
+* FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the plain
+  (un-fused) model, so the numerator is the network's own work. Its default formula for
+  ``convolution_backward`` ignores ``groups`` and counts a depthwise weight gradient as a
+  dense one (about 4× the true training FLOPs of this network); a group-aware formula
+  replaces it, and torch's figure is reported as ``train_flops_per_image_torch_default``.
+* Inference is timed on the BN-folded copy (:meth:`Detector.fused`), which does the same
+  convolutions with fewer memory passes; it covers the network forward (the raw head
+  output), not score thresholding and NMS.
+* On a shared machine the speed of both the model and the matmul reference drifts from
+  second to second. One matmul sample is therefore taken right before every timed step,
+  and each fraction divides the median achieved FLOP/s by the median matmul FLOP/s of the
+  same window.
 
 Strategies: each row comes from a factory in :data:`STRATEGY_BENCHES` that receives the
-detector and returns a :class:`StrategyBench` (its trainable parameters and a function that
-computes the training loss of one batch). ``strategy=null`` benchmarks ``naive``; a name or
-a list of names gives one row each.
+detector and the strategy's config and returns a :class:`StrategyBench` (its trainable
+parameters, any extra modules it holds, and a function computing the training loss of a
+batch). ``strategy=<name>`` selects one from the ``conf/strategy`` group,
+``strategies=[a,b]`` gives one row each, and with neither the row is ``naive``.
 """
 
 from __future__ import annotations
@@ -25,17 +36,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
@@ -43,9 +54,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clod.data.types import Batch
 from clod.models.detector import Detector, build_detector
+from clod.models.runtime import tune_cpu_runtime
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
-MATMUL_SIZE = 2048
 OBJECTS_PER_IMAGE = 6
 
 LossFn = Callable[[Batch], torch.Tensor]
@@ -55,21 +66,22 @@ LossFn = Callable[[Batch], torch.Tensor]
 class StrategyBench:
     """What one strategy contributes to the benchmark.
 
-    loss: computes the scalar training loss of a batch (forward passes included); the bench
-        runs backward and the optimiser step around it.
+    loss: computes the scalar training loss of a batch (all its forward passes included);
+        the bench runs backward and the optimiser step around it.
     trainable: the parameters its optimiser updates.
-    modules: named modules it holds beyond the detector (e.g. a teacher), for the counts.
+    modules: modules it holds besides the detector (e.g. a teacher), for ``params_held``.
     """
 
     loss: LossFn
     trainable: list[nn.Parameter]
-    modules: dict[str, nn.Module] | None = None
+    modules: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
 
 
-StrategyFactory = Callable[[Detector, DictConfig], StrategyBench]
+# (detector, the strategy's config from conf/strategy or None) -> its benchmark step
+StrategyFactory = Callable[[Detector, DictConfig | None], StrategyBench]
 
 
-def naive_bench(detector: Detector, cfg: DictConfig) -> StrategyBench:
+def naive_bench(detector: Detector, strategy_cfg: DictConfig | None) -> StrategyBench:
     """Plain detection training: L_det on the batch, every parameter trainable."""
 
     def loss(batch: Batch) -> torch.Tensor:
@@ -81,20 +93,69 @@ def naive_bench(detector: Detector, cfg: DictConfig) -> StrategyBench:
 STRATEGY_BENCHES: dict[str, StrategyFactory] = {"naive": naive_bench}
 
 
-# --------------------------------------------------------------------------- machine facts
-def physical_core_count() -> int:
-    """Physical cores available to this process (hyper-threads counted once)."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not allowed:
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores: set[str] = set()
-    for cpu in allowed:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(siblings.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return len(cores)
+# --------------------------------------------------------------------------- timing
+class MatmulProbe:
+    """Times one fp32 ``n×n @ n×n`` product (2·n³ FLOPs) per :meth:`sample` call."""
+
+    def __init__(self, size: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.size = size
+        self.a = torch.randn(size, size, generator=generator)
+        self.b = torch.randn(size, size, generator=generator)
+        self.out = torch.empty(size, size)
+        self.samples: list[float] = []
+        for _ in range(2):  # let MKL pick its kernels and threads
+            torch.mm(self.a, self.b, out=self.out)
+
+    def sample(self) -> float:
+        start = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.out)
+        rate = 2.0 * self.size**3 / (time.perf_counter() - start)
+        self.samples.append(rate)
+        return rate
+
+
+@dataclass
+class Timing:
+    seconds: float  # median time of one run
+    matmul_flops_per_s: float  # median matmul rate sampled between those runs
+
+
+def time_interleaved(
+    run: Callable[[], object], warmup: int, repeats: int, probe: MatmulProbe
+) -> Timing:
+    """Median time of ``run`` after ``warmup`` calls, one matmul sample before each run."""
+    for _ in range(warmup):
+        run()
+    times, rates = [], []
+    for _ in range(max(1, repeats)):
+        rates.append(probe.sample())
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), statistics.median(rates))
+
+
+def onednn_conv_flops_per_second(size: int, repeats: int = 5) -> float:
+    """The same n×n×n product as a 1×1 convolution (oneDNN rather than MKL's sgemm).
+
+    Reported for context only: on some CPUs (e.g. AMD with MKL) oneDNN's GEMM is markedly
+    faster than ``torch.mm``, which bounds how high the peak fractions can go.
+    """
+    generator = torch.Generator().manual_seed(1)
+    side = max(1, math.isqrt(size))
+    pixels = side * side
+    x = torch.randn(1, size, side, side, generator=generator).contiguous(
+        memory_format=torch.channels_last
+    )
+    w = torch.randn(size, size, 1, 1, generator=generator)
+    F.conv2d(x, w)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        F.conv2d(x, w)
+        times.append(time.perf_counter() - start)
+    return 2.0 * size * size * pixels / statistics.median(times)
 
 
 def reset_peak_rss() -> bool:
@@ -119,58 +180,10 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def median_seconds(run: Callable[[], object], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_flops_per_second(size: int = MATMUL_SIZE, repeats: int = 10) -> float:
-    """Median fp32 ``size×size @ size×size`` throughput on this machine (2·n³ FLOPs each)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
-    seconds = median_seconds(lambda: torch.mm(a, b, out=out), warmup=2, repeats=repeats)
-    return 2.0 * size**3 / seconds
-
-
-# --------------------------------------------------------------------------- model facts
+# --------------------------------------------------------------------------- counting
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Parameters (BN affine included); running buffers are buffers, so not counted."""
+    """Parameters (BN affine included); BN running statistics are buffers, not counted."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def synthetic_batch(
-    batch_size: int, height: int, width: int, num_classes: int, seed: int = 0
-) -> Batch:
-    """Random normalised images with a few random boxes each."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch_size, 3, height, width, generator=generator)
-    boxes, labels = [], []
-    for _ in range(batch_size):
-        size = torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator) * 0.5 + 0.05
-        size = size * torch.tensor([width, height])
-        corner = torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator) * (
-            torch.tensor([width, height]) - size
-        )
-        boxes.append(torch.cat((corner, corner + size), dim=1))
-        labels.append(torch.randint(num_classes, (OBJECTS_PER_IMAGE,), generator=generator))
-    eye = torch.eye(3, dtype=torch.float64).expand(batch_size, 3, 3).clone()
-    return Batch(
-        images=images,
-        boxes=boxes,
-        labels=labels,
-        warps=eye,
-        orig_sizes=torch.tensor([[height, width]] * batch_size),
-        image_ids=[f"synthetic_{i}" for i in range(batch_size)],
-        indices=torch.arange(batch_size),
-    )
 
 
 def _conv_backward_flops(
@@ -190,14 +203,13 @@ def _conv_backward_flops(
 ) -> int:
     """Group-aware FLOPs of ``aten.convolution_backward``.
 
-    torch's default formula computes the weight gradient as a dense convolution over all
-    input channels and ignores ``groups``, which overstates a depthwise conv's backward by
-    a factor of its channel count (about 4× for a whole NanoDet step). Each gradient (input
-    and weight) of a convolution costs exactly as many multiply-adds as its forward pass.
+    Each gradient (input and weight) of a convolution takes exactly as many multiply-adds
+    as its forward pass; torch's default formula instead multiplies the weight gradient by
+    all input channels, ignoring ``groups``.
     """
     if transposed:
         raise NotImplementedError("transposed convolutions are not used by clod models")
-    batch, _, *_unused = x_shape
+    batch = x_shape[0]
     out_channels, in_per_group, *kernel = w_shape
     forward = (
         2 * batch * out_channels * in_per_group * math.prod(kernel) * math.prod(grad_out_shape[2:])
@@ -212,7 +224,7 @@ def flop_counter() -> FlopCounterMode:
     )
 
 
-def forward_flops(detector: Detector, images: torch.Tensor) -> tuple[int, int]:
+def forward_flops(detector: nn.Module, images: torch.Tensor) -> tuple[int, int]:
     """(FLOPs, conv MACs) of one forward pass, counted on the un-fused model."""
     counter = flop_counter()
     with torch.no_grad(), counter:
@@ -226,7 +238,7 @@ def forward_flops(detector: Detector, images: torch.Tensor) -> tuple[int, int]:
 
 
 def train_step_flops(step: Callable[[], object]) -> tuple[int, int]:
-    """FLOPs of one training step (forward + backward): (group-aware, torch's default count)."""
+    """FLOPs of one training step (forward + backward): (group-aware, torch's default)."""
     counter = flop_counter()
     with counter:
         step()
@@ -234,6 +246,31 @@ def train_step_flops(step: Callable[[], object]) -> tuple[int, int]:
     with default_counter:
         step()
     return counter.get_total_flops(), default_counter.get_total_flops()
+
+
+# --------------------------------------------------------------------------- inputs
+def synthetic_batch(
+    batch_size: int, height: int, width: int, num_classes: int, seed: int = 0
+) -> Batch:
+    """Random normalised images with a few random boxes each (identity warps)."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch_size, 3, height, width, generator=generator)
+    extent = torch.tensor([float(width), float(height)])
+    boxes, labels = [], []
+    for _ in range(batch_size):
+        size = (torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator) * 0.5 + 0.05) * extent
+        corner = torch.rand(OBJECTS_PER_IMAGE, 2, generator=generator) * (extent - size)
+        boxes.append(torch.cat((corner, corner + size), dim=1))
+        labels.append(torch.randint(num_classes, (OBJECTS_PER_IMAGE,), generator=generator))
+    return Batch(
+        images=images,
+        boxes=boxes,
+        labels=labels,
+        warps=torch.eye(3, dtype=torch.float64).expand(batch_size, 3, 3).clone(),
+        orig_sizes=torch.tensor([[height, width]] * batch_size),
+        image_ids=[f"synthetic_{i}" for i in range(batch_size)],
+        indices=torch.arange(batch_size),
+    )
 
 
 def to_memory_format(batch: Batch, channels_last: bool) -> Batch:
@@ -246,7 +283,7 @@ def to_memory_format(batch: Batch, channels_last: bool) -> Batch:
 
 # --------------------------------------------------------------------------- measurements
 def bench_inference(
-    detector: Detector, batch: Batch, cfg: DictConfig, matmul: float
+    detector: Detector, batch: Batch, cfg: DictConfig, probe: MatmulProbe
 ) -> dict[str, Any]:
     detector.eval()
     flops, macs = forward_flops(detector, batch.images[:1])
@@ -260,69 +297,95 @@ def bench_inference(
             model(images)
 
     reset_peak_rss()
-    seconds = median_seconds(run, int(cfg.warmup), int(cfg.steps))
-    images_per_s = images.shape[0] / seconds
+    timing = time_interleaved(run, int(cfg.warmup), int(cfg.steps), probe)
+    images_per_s = images.shape[0] / timing.seconds
     return {
         "flops_forward_per_image": flops,
         "macs_conv_per_image": macs,
         "infer_images_per_s": images_per_s,
-        "infer_ms_per_batch": seconds * 1e3,
+        "infer_ms_per_batch": timing.seconds * 1e3,
+        "infer_matmul_flops_per_s": timing.matmul_flops_per_s,
         "infer_peak_rss_mb": peak_rss_bytes() / 2**20,
-        "infer_peak_fraction": flops * images_per_s / matmul,
+        "infer_peak_fraction": flops * images_per_s / timing.matmul_flops_per_s,
     }
 
 
 def bench_strategy(
-    name: str, detector: Detector, batch: Batch, cfg: DictConfig, matmul: float
+    name: str,
+    strategy_cfg: DictConfig | None,
+    detector: Detector,
+    batch: Batch,
+    cfg: DictConfig,
+    probe: MatmulProbe,
 ) -> dict[str, Any]:
     if name not in STRATEGY_BENCHES:
         raise KeyError(f"no benchmark for strategy {name!r}; known: {sorted(STRATEGY_BENCHES)}")
     detector.train()
-    strategy = STRATEGY_BENCHES[name](detector, cfg)
-    optimizer = torch.optim.AdamW(strategy.trainable, lr=1e-4, weight_decay=0.05)
+    strategy = STRATEGY_BENCHES[name](detector, strategy_cfg)
+    # fused=True runs AdamW as one kernel per step instead of ~10 small ops per tensor.
+    optimizer = torch.optim.AdamW(strategy.trainable, lr=1e-4, weight_decay=0.05, fused=True)
 
-    def step() -> float:
+    def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = strategy.loss(batch)
-        loss.backward()
+        strategy.loss(batch).backward()
         optimizer.step()
-        return float(loss.detach())
 
     batch_size = batch.images.shape[0]
     flops, default_flops = train_step_flops(step)
     flops_per_image = flops / batch_size
     reset_peak_rss()
-    seconds = median_seconds(step, int(cfg.warmup), int(cfg.steps))
-    images_per_s = batch_size / seconds
-    extra = strategy.modules or {}
+    timing = time_interleaved(step, int(cfg.warmup), int(cfg.steps), probe)
+    images_per_s = batch_size / timing.seconds
     return {
         "strategy": name,
         "params_trainable": sum(p.numel() for p in strategy.trainable),
         "params_held": count_parameters(detector)
-        + sum(count_parameters(m) for m in extra.values()),
+        + sum(count_parameters(m) for m in strategy.modules.values()),
         "train_flops_per_image": flops_per_image,
-        # torch's own formula, which overcounts depthwise weight gradients (see above)
         "train_flops_per_image_torch_default": default_flops / batch_size,
         "train_images_per_s": images_per_s,
-        "train_ms_per_step": seconds * 1e3,
+        "train_ms_per_step": timing.seconds * 1e3,
+        "train_matmul_flops_per_s": timing.matmul_flops_per_s,
         "train_peak_rss_mb": peak_rss_bytes() / 2**20,
-        "train_peak_fraction": flops_per_image * images_per_s / matmul,
+        "train_peak_fraction": flops_per_image * images_per_s / timing.matmul_flops_per_s,
     }
 
 
-def strategy_names(value: object) -> list[str]:
-    if value is None:
-        return ["naive"]
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, Iterable):
-        return [str(v) for v in value]
-    raise TypeError(f"strategy must be null, a name or a list of names, got {value!r}")
+def strategy_rows(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
+    """(name, strategy config) of every row to benchmark.
+
+    ``strategy=<name>`` selects a config from the ``conf/strategy`` group (one row);
+    ``strategies=[a,b]`` names several, each read from ``conf/strategy/<name>.yaml`` when it
+    exists; with neither, one ``naive`` row.
+    """
+    selected = cfg.get("strategy")
+    if selected is not None:
+        return [(str(selected.get("name")), selected)]
+    names = cfg.get("strategies")
+    if not names:
+        return [("naive", None)]
+    if isinstance(names, str):
+        names = [names]
+    rows: list[tuple[str, DictConfig | None]] = []
+    for name in names:
+        path = CONFIG_DIR / "strategy" / f"{name}.yaml"
+        node = OmegaConf.load(path) if path.is_file() else None
+        rows.append((str(name), node if isinstance(node, DictConfig) else None))
+    return rows
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.5g}") if abs(value) < 1e4 else round(value)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
-    threads = int(cfg.threads) if cfg.threads else physical_core_count()
-    torch.set_num_threads(threads)
+    runtime = tune_cpu_runtime(cfg.threads, keep_memory=bool(cfg.keep_freed_memory))
     torch.manual_seed(int(cfg.seed))
     detector = build_detector(cfg.model)
     if cfg.channels_last:
@@ -332,15 +395,24 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         int(cfg.batch_size), height, width, detector.num_classes, seed=int(cfg.seed)
     )
     batch = to_memory_format(batch, bool(cfg.channels_last))
-    matmul = matmul_flops_per_second(int(cfg.matmul_size))
+    probe = MatmulProbe(int(cfg.matmul_size))
 
+    # Inference first: the allocator keeps freed memory (keep_freed_memory), so a phase's
+    # peak RSS includes the footprint of the phases before it.
+    inference = bench_inference(detector, batch, cfg, probe)
+    rows = [
+        bench_strategy(name, strategy_cfg, detector, batch, cfg, probe)
+        for name, strategy_cfg in strategy_rows(cfg)
+    ]
     result: dict[str, Any] = {
         "model": cfg.get("model_name"),
         "input_size": [width, height],
         "batch_size": int(cfg.batch_size),
         "num_classes": detector.num_classes,
-        "threads": threads,
         "torch": torch.__version__,
+        **runtime,
+        "channels_last": bool(cfg.channels_last),
+        "fuse_inference": bool(cfg.fuse_inference),
         "params": {
             "backbone": count_parameters(detector.backbone),
             "neck": count_parameters(detector.neck),
@@ -348,23 +420,21 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             "total": count_parameters(detector),
             "trainable": count_parameters(detector, trainable_only=True),
         },
-        "matmul_flops_per_s": matmul,
+        "matmul_size": probe.size,
+        "matmul_flops_per_s": statistics.median(probe.samples),
+        "onednn_conv1x1_flops_per_s": onednn_conv_flops_per_second(probe.size),
+        **inference,
+        # The first row's training figures at top level, for one-strategy runs.
+        **{
+            key: rows[0][key]
+            for key in ("train_flops_per_image", "train_images_per_s", "train_peak_fraction")
+        },
+        "peak_rss_mb": max(
+            [inference["infer_peak_rss_mb"]] + [row["train_peak_rss_mb"] for row in rows]
+        ),
+        "rows": rows,
     }
-    rows = [
-        bench_strategy(name, detector, batch, cfg, matmul) for name in strategy_names(cfg.strategy)
-    ]
-    result.update(bench_inference(detector, batch, cfg, matmul))
-    result["rows"] = rows
-    # The first row's training figures at top level, for one-strategy runs.
-    for key in ("train_images_per_s", "train_flops_per_image", "train_peak_fraction"):
-        result[key] = rows[0][key]
-    result["peak_rss_mb"] = max(
-        [result["infer_peak_rss_mb"]] + [row["train_peak_rss_mb"] for row in rows]
-    )
-    return {
-        k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v)
-        for k, v in result.items()
-    }
+    return _rounded(result)
 
 
 def load_config(overrides: Sequence[str]) -> DictConfig:
