@@ -254,22 +254,23 @@ class NanoDetPlusHead(nn.Module):
         num_pos = avg_factor(torch.tensor(float(batch_idx.numel()), device=raw.device))
         loss_qfl = QFL_WEIGHT * qfl_sum / num_pos
 
+        pos_cls = cls_logits[batch_idx, prior_idx].detach()
+        if class_mask is not None:
+            pos_cls = pos_cls[:, class_mask]
+        weights = pos_cls.sigmoid().amax(dim=1) if pos_cls.shape[1] else pos_cls.new_ones(0)
+        # Every rank joins this all-reduce, positives or not, or DDP would deadlock.
+        weight_factor = avg_factor(weights.sum())
         if batch_idx.numel() == 0:
             # Zero, but attached to the graph so DDP sees a gradient for every parameter.
             loss_bbox = reg_logits.sum() * 0.0
             loss_dfl = reg_logits.sum() * 0.0
         else:
-            pos_cls = cls_logits[batch_idx, prior_idx].detach()
-            if class_mask is not None:
-                pos_cls = pos_cls[:, class_mask]
-            weights = pos_cls.sigmoid().amax(dim=1)
             pos_reg = reg_logits[batch_idx, prior_idx]
             pos_centres = priors.centres[prior_idx]
             pos_strides = priors.strides[prior_idx]
             pos_pred_boxes = distance_to_box(
                 pos_centres, self.decode_distances(pos_reg, pos_strides)
             )
-            weight_factor = avg_factor(weights.sum())
             loss_bbox = (
                 GIOU_WEIGHT
                 * (weights * giou_loss(pos_pred_boxes, pos_gt_boxes)).sum()
