@@ -224,6 +224,8 @@ class NanoDetPlusHead(nn.Module):
             ``loss`` (total), ``loss_qfl``, ``loss_bbox`` (weighted GIoU), ``loss_dfl``.
         """
         priors = self._check_raw(raw, input_size)
+        if class_mask is not None and not bool(class_mask.any()):
+            raise ValueError("class_mask selects no class channel")
         num_classes = self.num_classes
         cls_logits = raw[..., :num_classes]
         reg_logits = raw[..., num_classes:]
@@ -257,7 +259,7 @@ class NanoDetPlusHead(nn.Module):
         pos_cls = cls_logits[batch_idx, prior_idx].detach()
         if class_mask is not None:
             pos_cls = pos_cls[:, class_mask]
-        weights = pos_cls.sigmoid().amax(dim=1) if pos_cls.shape[1] else pos_cls.new_ones(0)
+        weights = pos_cls.sigmoid().amax(dim=1)
         # Every rank joins this all-reduce, positives or not, or DDP would deadlock.
         weight_factor = avg_factor(weights.sum())
         if batch_idx.numel() == 0:
