@@ -1,4 +1,24 @@
-"""NanoDet-Plus in plain PyTorch: backbone, neck, head, losses, assigner, NMS and weights."""
+"""NanoDet-Plus in plain PyTorch (nanodet_plus.md): no torchvision, no compiled extensions.
+
+Interface used by the rest of clod (B = batch, N = priors, C = allocated classes):
+
+* ``Detector(backbone, neck, head)``; build one from ``conf/model/*.yaml`` with
+  :func:`build_detector`. ``detector(images) -> HeadOutput``; ``detector.loss(images,
+  boxes, labels)``; ``detector.predict(images, warps, orig_sizes, **decode_kwargs)``;
+  ``detector.fused()`` is a BN-folded eval copy for fast inference.
+* ``backbone(images) -> (C3, C4, C5)``; ``neck((C3, C4, C5)) -> (P3, P4, P5, P6)``;
+  ``head(pyramid) -> HeadOutput(raw, towers)`` with ``raw`` B×N×(C+32) (class logits, then
+  4×8 bin logits l, t, r, b) and ``towers`` the four tower maps, computed once.
+* ``head.loss(raw, boxes, labels, input_size, class_mask=None)`` → ``loss``, ``loss_qfl``,
+  ``loss_bbox``, ``loss_dfl``; ``head.decode(raw, input_size, warps=None,
+  orig_sizes=None, score_thr=0.05, nms_iou=0.6, max_det=100, class_mask=None)`` → one
+  ``dict(boxes, scores, labels)`` per image; ``head.grow(new_num_classes)``.
+  ``input_size`` is always ``(height, width)``, i.e. ``tuple(images.shape[-2:])``.
+* Weights: :mod:`clod.models.weights` (clod checkpoints, torchvision ImageNet backbones).
+
+Speed on CPU: put the model in channels-last memory format
+(``model.to(memory_format=torch.channels_last)``) and see :mod:`clod.models.runtime`.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.layers import fuse_conv_bn_
 
 
 class Detector(nn.Module):
@@ -79,8 +80,6 @@ class Detector(nn.Module):
         rounding) with fewer memory passes; it is for inference only and has no BN left to
         train. The original model is not modified.
         """
-        from clod.models.layers import fuse_conv_bn_
-
         model = copy.deepcopy(self).eval()
         fuse_conv_bn_(model)
         return model

@@ -30,13 +30,13 @@ class WeightLoadError(RuntimeError):
     """A state dict does not fit the model; the message names the offending keys."""
 
 
-def _read(source: Source) -> Mapping[str, object]:
+def _read(source: Source, weights_only: bool = True) -> Mapping[str, object]:
     if isinstance(source, Mapping):
         return source
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 def _tensors_only(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -98,19 +98,21 @@ def _detector_prefix(keys: list[str]) -> str:
 
 
 def load_detector_state(
-    detector: nn.Module, source: Source, prefix: str | None = None
+    detector: nn.Module, source: Source, prefix: str | None = None, weights_only: bool = True
 ) -> list[str]:
     """Load a clod detector checkpoint (a state dict or a Lightning ``.ckpt``) strictly.
 
     * a ``state_dict`` entry is used when present; keys under ``prefix`` (found
       automatically: whatever precedes ``backbone.``) are loaded, ``teacher.*`` never is;
     * a checkpoint with fewer classes than the model is re-laid out class/box row-wise
-      (nanodet_plus.md §11), so its regression rows never land in class slots.
+      (nanodet_plus.md §11), so its regression rows never land in class slots;
+    * ``weights_only=False`` lets ``torch.load`` unpickle arbitrary objects (e.g. a
+      Lightning checkpoint's saved hyper-parameters): use it only for files you trust.
 
     Returns:
         The checkpoint keys that were not loaded (other modules of the checkpoint).
     """
-    raw = _read(source)
+    raw = _read(source, weights_only=weights_only)
     nested = raw.get("state_dict")
     state = _tensors_only(nested if isinstance(nested, Mapping) else raw)
     if prefix is None:
