@@ -40,6 +40,7 @@ from clod.engine.results import ResultsBook, peak_memory_mb, task_row
 from clod.engine.state import RunState
 from clod.errors import ConfigError
 from clod.models.detector import Detector, build_detector
+from clod.models.runtime import tune_cpu_runtime
 from clod.strategies.base import Strategy
 from clod.utils.table import format_table
 
@@ -49,7 +50,9 @@ log = logging.getLogger(__name__)
 # prints its own per-task banner instead. Warnings and errors still show.
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*")
+warnings.filterwarnings(
+    "ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*"
+)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
@@ -145,13 +148,20 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
 def _run(
     cfg: DictConfig, resolved: dict[str, Any], output_dir: Path, state: RunState, book: ResultsBook
 ) -> dict[str, Any]:
-    threads = resolved["hardware"].get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    hardware = resolved["hardware"]
+    if hardware["accelerator"] == "cpu":
+        tuned = tune_cpu_runtime(hardware.get("threads"))
+        log.info("CPU runtime: %s", tuned)
+    elif hardware.get("threads"):
+        torch.set_num_threads(int(hardware["threads"]))
     seed = int(resolved["seed"])
     pl.seed_everything(seed, workers=True, verbose=False)
     scenario, tasks = build_experiment_tasks(resolved)
     detector = build_detector(cfg.model)
+    if hardware.get("channels_last", True):
+        # oneDNN's convolutions are markedly faster in NHWC on CPU (clod.bench); the
+        # backbone keeps the layout through its channel shuffles.
+        detector = detector.to(memory_format=torch.channels_last)
     if detector.num_classes != scenario.num_classes:
         raise ConfigError(
             f"model.num_classes={detector.num_classes} but the data has {scenario.num_classes} classes"

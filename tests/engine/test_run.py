@@ -69,6 +69,24 @@ def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Pa
     assert changed.returncode == 2
     assert "holds a run with a different configuration (seed: 1234 -> 7)" in changed.stderr
 
+    # clod.evaluate on a task checkpoint reproduces the evaluation the run recorded
+    assert float(rows[0]["map50"]) > 0.05, "the tiny model should have learnt something"
+    for task, row in enumerate(rows):
+        evaluation = subprocess.run(
+            [sys.executable, "-m", "clod.evaluate", f"ckpt={run_dir}/checkpoints/task_{task}.pt"],
+            cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert evaluation.returncode == 0, evaluation.stderr
+        printed = json.loads(evaluation.stdout.splitlines()[-1])
+        assert printed["task"] == task
+        for metric in ("map", "map50", "map50_voc07"):
+            assert printed[metric] == pytest.approx(float(row[metric]), abs=1e-9), metric
+    bad = subprocess.run(
+        [sys.executable, "-m", "clod.evaluate", f"run={run_dir}", "task=9"],
+        cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "task_9.pt does not exist" in bad.stderr
+
 
 def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) -> None:
     overrides = ("trainer.epochs=4",)
@@ -153,21 +171,3 @@ def test_wandb_offline_run_holds_config_task_metrics_and_summary(
     assert [p["task/map50"] for p in task_points] == pytest.approx(
         [float(r["map50"]) for r in rows]
     )
-
-    # clod.evaluate on a task checkpoint reproduces the evaluation the run recorded
-    assert float(rows[0]["map50"]) > 0.05, "the tiny model should have learnt something"
-    for task, row in enumerate(rows):
-        evaluation = subprocess.run(
-            [sys.executable, "-m", "clod.evaluate", f"ckpt={run_dir}/checkpoints/task_{task}.pt"],
-            cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert evaluation.returncode == 0, evaluation.stderr
-        printed = json.loads(evaluation.stdout.splitlines()[-1])
-        assert printed["task"] == task
-        for metric in ("map", "map50", "map50_voc07"):
-            assert printed[metric] == pytest.approx(float(row[metric]), abs=1e-9), metric
-    bad = subprocess.run(
-        [sys.executable, "-m", "clod.evaluate", f"run={run_dir}", "task=9"],
-        cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "task_9.pt does not exist" in bad.stderr
