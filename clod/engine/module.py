@@ -70,6 +70,9 @@ class CLODModule(pl.LightningModule):
         self.student = NeckHead(detector.neck, detector.head)
         self.teacher: nn.Module | None = None
         self.backbone_frozen = False
+        # Reference fidelity only (strategies.md §0): frozen parts' BatchNorm in train mode,
+        # so it normalises with batch statistics and its running statistics drift.
+        self.frozen_bn_train = False
         self.strategy = strategy
         self.task = task
         self.optimizer_cfg = dict(optimizer)
@@ -106,12 +109,14 @@ class CLODModule(pl.LightningModule):
 
     def train(self, mode: bool = True) -> CLODModule:
         # Lightning switches modes around fitting and validation; frozen parts must stay in
-        # eval mode whatever it does, so BatchNorm keeps its running statistics.
+        # eval mode whatever it does, so BatchNorm keeps its running statistics. Only the
+        # reference-fidelity option (frozen_bn_train) lets them follow the module's mode.
         super().train(mode)
+        frozen_mode = mode and self.frozen_bn_train
         if self.backbone_frozen:
-            self.backbone.eval()
+            self.backbone.train(frozen_mode)
         if self.teacher is not None:
-            self.teacher.eval()
+            self.teacher.train(frozen_mode)
         return self
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -130,14 +135,23 @@ class CLODModule(pl.LightningModule):
         return batch.to(device)
 
     # ------------------------------------------------------------------ training
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss of one training batch and its named terms (detection, strategy).
+
+        The backbone runs once; its features feed the student and the strategy's terms.
+        Kept apart from :meth:`training_step` so ``clod.bench`` times this same code path.
+        """
         images = batch.images
         features = self.features(images)
         output = self.student(features)
         losses = self.head.loss(output.raw, batch.boxes, batch.labels, tuple(images.shape[-2:]))
         extra = self.strategy.training_loss(self, batch, features, output)
         total = losses["loss"] + sum(extra.values()) if extra else losses["loss"]
-        logged = {f"train/{name}": value.detach() for name, value in {**losses, **extra}.items()}
+        return total, {**losses, **extra}
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        total, terms = self.training_losses(batch)
+        logged = {f"train/{name}": value.detach() for name, value in terms.items()}
         logged["train/total"] = total.detach()
         self.log_dict(logged, batch_size=len(batch), on_step=True, on_epoch=False)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=len(batch))
