@@ -6,10 +6,13 @@ differs, through these hooks, each with a default that means "plain training":
 - ``joint``: train once on every class (the upper bound) instead of task by task;
 - :meth:`Strategy.on_task_start`: freeze parts, build a teacher, before a task trains;
 - :meth:`Strategy.train_records`: the images a task trains on (replay adds its buffer);
+- :meth:`Strategy.train_loader`: a loader of its own for a task (replay's mixed batches);
 - :meth:`Strategy.training_loss`: extra loss terms, added to the detection loss;
 - :meth:`Strategy.on_task_end`: after a task is trained and evaluated (update a buffer);
 - :meth:`Strategy.memory`: what the strategy holds, for the mAP-vs-memory comparison;
-- :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict`: state a resumed run needs.
+- :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict`: state a resumed run needs;
+- :meth:`Strategy.base_training_signature`: whether (and how) task 0 differs from plain
+  training, so the base-model cache can share one task-0 model between strategies.
 
 A new strategy is one short file here plus one yaml in ``conf/strategy/``.
 """
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from clod.data.tasks import Task
 from clod.data.types import Batch, ImageRecord
@@ -47,6 +51,10 @@ class Strategy:
     def train_records(self, task: Task) -> Sequence[ImageRecord]:
         return task.train
 
+    def train_loader(self, task: Task, data_cfg: Mapping[str, Any]) -> DataLoader | None:
+        """A training loader of the strategy's own for ``task``; None: the engine's default."""
+        return None
+
     def training_loss(
         self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
     ) -> dict[str, torch.Tensor]:
@@ -59,6 +67,16 @@ class Strategy:
     def memory(self, module: CLODModule) -> dict[str, int]:
         """Memory held for training, beyond the parameter counts the engine reports."""
         return {"buffer_images": 0, "buffer_bytes": 0}
+
+    def base_training_signature(self) -> dict[str, Any] | None:
+        """What makes this strategy's task 0 differ from plain training, for the base-model cache.
+
+        ``{}`` (the default) says task 0 trains exactly as plain fine-tuning does, so its
+        model can be shared with every other such strategy. A strategy whose task 0
+        differs returns the settings that make it differ (they become part of the cache
+        key), or None to never use the cache.
+        """
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}

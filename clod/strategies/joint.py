@@ -11,3 +11,6 @@ from clod.strategies.base import Strategy
 class Joint(Strategy):
     name = "joint"
     joint = True
+
+    def base_training_signature(self) -> None:
+        return None  # its only task is the joint one, not a scenario's base task
