@@ -22,6 +22,16 @@ def _augment(cfg: Mapping[str, Any] | None) -> Augment:
         raise ConfigError(f"data.augment: {exc}") from None
 
 
+def train_dataset(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DetectionDataset:
+    """The records with the training transform (resize and augmentation)."""
+    transform = DetectionTransform(
+        data_cfg["input_size"],
+        bool(data_cfg.get("keep_ratio", True)),
+        _augment(data_cfg.get("augment")),
+    )
+    return DetectionDataset(records, transform)
+
+
 def train_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DataLoader:
     """Shuffled, augmented, ``drop_last`` batches (the reference drops the last partial batch)."""
     batch_size = int(data_cfg["batch_size"])
@@ -30,14 +40,9 @@ def train_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) ->
             f"a task has {len(records)} training images, fewer than data.batch_size={batch_size}; "
             f"with drop_last it would train on nothing: lower data.batch_size"
         )
-    transform = DetectionTransform(
-        data_cfg["input_size"],
-        bool(data_cfg.get("keep_ratio", True)),
-        _augment(data_cfg.get("augment")),
-    )
     workers = int(data_cfg.get("num_workers", 0))
     return DataLoader(
-        DetectionDataset(records, transform),
+        train_dataset(records, data_cfg),
         batch_size=batch_size,
         shuffle=True,
         drop_last=True,
