@@ -115,6 +115,10 @@ class ResultsBook:
             if key in last
         }
         summary["memory"]["peak_rss_mb"] = max(r.get("peak_rss_mb", 0.0) for r in rows)
+        summary["cost"] = {
+            "macs_conv_step": last.get("macs_conv_step"),
+            "macs_conv_step_per_task": [r.get("macs_conv_step") for r in rows],
+        }
         summary["time"] = {
             "train_s": sum(r.get("train_time_s", 0.0) for r in rows),
             "eval_s": sum(r.get("eval_time_s", 0.0) for r in rows),

@@ -32,6 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 from clod.data.build import build_experiment_tasks
 from clod.data.scenario import Scenario
 from clod.data.tasks import Task
+from clod.engine.base_cache import BaseModelCache
+from clod.engine.cost import training_step_conv_macs
 from clod.engine.data import eval_loader, train_loader
 from clod.engine.io import save_torch
 from clod.engine.loggers import RunLoggers
@@ -54,6 +56,8 @@ warnings.filterwarnings(
     "ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*"
 )
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# A strategy's teacher and frozen backbone are in eval mode on purpose (strategies.md §0).
+warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 def is_rank_zero() -> bool:
@@ -125,6 +129,21 @@ def load_task_checkpoint(
     state = torch.load(path, map_location="cpu", weights_only=False)
     detector.load_state_dict(state["detector"])
     strategy.load_state_dict(state.get("strategy", {}), tasks)
+
+
+def share_base_model(
+    cache: BaseModelCache, detector: Detector, trainer: pl.Trainer, meta: dict[str, Any]
+) -> bool:
+    """Publish the task-0 model just trained; if another run won the race, continue from its.
+
+    Returns whether this run's own model was published.
+    """
+    published = cache.publish(detector.state_dict(), meta) if is_rank_zero() else False
+    trainer.strategy.barrier()  # every rank sees the entry rank 0 published (or found)
+    winner = cache.load() if not published else None
+    if winner is not None:
+        detector.load_state_dict(winner.weights)
+    return published
 
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
@@ -204,6 +223,7 @@ def _run_tasks(
         if run_id:
             state.set(wandb_run_id=run_id)
 
+    base_cache = BaseModelCache.for_run(resolved, strategy, tasks[0])
     done = [t for t in state.tasks_done if t < len(tasks)]
     if done:
         last = max(done)
@@ -218,17 +238,40 @@ def _run_tasks(
         epochs = task_epochs(resolved, task)
         say(banner(task, resolved, epochs))
         pl.seed_everything(seed + task.index, workers=True, verbose=False)
+        cached = base_cache.load() if base_cache is not None and task.index == 0 else None
+        if cached is not None:
+            detector.load_state_dict(cached.weights)
+            say(f"   base model from the cache {base_cache.path}: task 1 is not trained again")
         module = CLODModule(detector, strategy, task, resolved["optimizer"], resolved["eval"])
         strategy.on_task_start(module, task)
+        macs_conv_step = training_step_conv_macs(module, resolved["data"]["input_size"])
         trainer = make_trainer(resolved, task, output_dir, loggers.loggers, epochs)
-        resume_from = output_dir / "checkpoints" / f"task_{task.index}" / "last.ckpt"
-        started = time.perf_counter()
-        trainer.fit(
-            module,
-            train_dataloaders=train_loader(strategy.train_records(task), resolved["data"]),
-            ckpt_path=str(resume_from) if resume_from.exists() else None,
-        )
-        train_time = time.perf_counter() - started
+        if cached is None:
+            loader = strategy.train_loader(task, resolved["data"])
+            if loader is None:
+                loader = train_loader(strategy.train_records(task), resolved["data"])
+            resume_from = output_dir / "checkpoints" / f"task_{task.index}" / "last.ckpt"
+            started = time.perf_counter()
+            trainer.fit(
+                module,
+                train_dataloaders=loader,
+                ckpt_path=str(resume_from) if resume_from.exists() else None,
+            )
+            train_time = time.perf_counter() - started
+            steps = int(trainer.global_step)
+        else:  # the cached model's own training time and steps: the cost of producing it
+            train_time = float(cached.meta.get("train_time_s", 0.0))
+            steps = int(cached.meta.get("steps", 0))
+        if task.index == 0:
+            cache_info: dict[str, Any] = {"used": cached is not None, "status": "off"}
+            if base_cache is not None:
+                cache_info.update(status="hit" if cached else "miss", key=base_cache.key)
+                cache_info["path"] = str(base_cache.path)
+            if base_cache is not None and cached is None:
+                meta = {"train_time_s": train_time, "steps": steps, "run_dir": str(output_dir)}
+                share_base_model(base_cache, detector, trainer, meta)
+            if is_rank_zero():
+                state.set(base_cache=cache_info)
         started = time.perf_counter()
         trainer.validate(
             module, dataloaders=eval_loader(task.eval, resolved["data"]), verbose=False
@@ -240,13 +283,16 @@ def _run_tasks(
 
         extra = {
             "epochs": epochs,
-            "steps": int(trainer.global_step),
+            "steps": steps,
             **module.parameter_counts(),
             **strategy.memory(module),
             "peak_rss_mb": round(peak_memory_mb(), 1),
             "train_time_s": round(train_time, 2),
             "eval_time_s": round(eval_time, 2),
+            "macs_conv_step": macs_conv_step,
         }
+        if task.index == 0:
+            extra["base_cache"] = state.data.get("base_cache", {}).get("status", "off")
         row = task_row(task, result, extra)
         if is_rank_zero():
             save_torch(
@@ -277,6 +323,7 @@ def _run_tasks(
         "seed": seed,
         "num_tasks": len(tasks),
         "class_names": list(scenario.class_names),
+        "base_cache": state.data.get("base_cache", {"used": False, "status": "off"}),
     }
     summary = book.summary(tasks, header) if is_rank_zero() else {}
     if is_rank_zero():

@@ -19,7 +19,9 @@ from clod.engine.io import read_json, write_json
 from clod.errors import ConfigError
 
 # Top-level keys that do not change a run's results.
-NEUTRAL_KEYS = frozenset({"paths", "hardware", "logger", "hydra", "dry_run", "tags", "task_name"})
+NEUTRAL_KEYS = frozenset(
+    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "task_name", "base_cache"}
+)
 NEUTRAL_SUBKEYS = frozenset({"trainer.enable_progress_bar", "data.num_workers"})
 
 

@@ -25,6 +25,8 @@ def train_command(run_dir: Path, *overrides: str) -> list[str]:
         "clod.train",
         "experiment=smoke",
         f"hydra.run.dir={run_dir}",
+        # Runs of one test share a base-model cache; never the repository's outputs/.
+        f"base_cache.dir={run_dir.parent / 'base_cache'}",
         "trainer.enable_progress_bar=false",
         *overrides,
     ]
