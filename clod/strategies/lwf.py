@@ -1,0 +1,70 @@
+"""Learning without Forgetting as the reference implements it (strategies.md §4).
+
+Everything is trainable; the teacher is the whole previous model (backbone, neck and
+head), run on the student's batch. L = L_det + α·MSE(H^S, H^T) with H the whole raw head
+output, B×N×(C+32): every class logit (old, new and future) and every box-distribution
+logit at every prior, no temperature. ``outputs: old_cls`` restricts the term to the
+old classes' logits (a variant, not the reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import nn
+
+from clod.data.types import Batch
+from clod.errors import ConfigError
+from clod.models.detector import Detector
+from clod.models.head import HeadOutput
+from clod.strategies.distillation import (
+    FrozenBN,
+    TeacherStrategy,
+    class_logit_mse,
+    whole_output_mse,
+)
+
+if TYPE_CHECKING:
+    from clod.engine.module import CLODModule
+
+
+class LwF(TeacherStrategy):
+    """Output distillation from the full previous model, weight ``alpha``."""
+
+    name = "lwf"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        joint: bool | None = None,
+        alpha: float = 1.0,
+        outputs: Literal["all", "old_cls"] = "all",
+        frozen_bn: FrozenBN = "eval",
+    ) -> None:
+        super().__init__(name=name, joint=joint, frozen_bn=frozen_bn)
+        if outputs not in ("all", "old_cls"):
+            raise ConfigError(f"strategy.outputs must be all or old_cls, got {outputs!r}")
+        self.alpha = float(alpha)
+        self.outputs = outputs
+
+    def build_teacher(self, module: CLODModule) -> nn.Module:
+        return Detector(module.backbone, module.student.neck, module.student.head)
+
+    def teacher_forward(
+        self, teacher: nn.Module, batch: Batch, features: Sequence[torch.Tensor]
+    ) -> HeadOutput:
+        return teacher(batch.images)
+
+    def training_loss(
+        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
+    ) -> dict[str, torch.Tensor]:
+        teacher = self.teacher_output(module, batch, features)
+        if teacher is None:
+            return {}
+        if self.outputs == "all":
+            term = whole_output_mse(output.raw, teacher.raw)
+        else:
+            term = class_logit_mse(output.raw, teacher.raw, self.old_classes)
+        return {"distill_output": self.alpha * term}
