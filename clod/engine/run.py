@@ -330,15 +330,14 @@ def _run_tasks(
         book.write_summary(summary)
         loggers.log_summary(summary)
         columns = ["task", "classes", "map", "map50", "old/map50", "new/map50", "train_time_s"]
-        print(
-            format_table(
-                [
-                    {k: r.get(k) if r.get(k) is not None else "-" for k in columns}
-                    for r in summary["rows"]
-                ],
-                columns,
-            )
-        )
+        printed = []
+        for row in summary["rows"]:
+            shown = {k: row.get(k) if row.get(k) is not None else "-" for k in columns}
+            names = row["classes"].split()
+            if len(names) > 3:  # a base task of many classes: the files keep the full list
+                shown["classes"] = f"{' '.join(names[:2])} ... {names[-1]} ({len(names)})"
+            printed.append(shown)
+        print(format_table(printed, columns))
         print(
             f"final map {summary['final']['map']:.3f}, map50 {summary['final']['map50']:.3f}; "
             f"results in {output_dir}"
