@@ -119,3 +119,9 @@ def image_records(
             )
         )
     return records
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of generated datasets for the end-to-end runs."""
+    return tmp_path_factory.mktemp("data")
