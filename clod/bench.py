@@ -27,7 +27,10 @@ How the numbers are taken:
 Strategies: each row comes from a factory in :data:`STRATEGY_BENCHES` that receives the
 detector and the strategy's config and returns a :class:`StrategyBench` (its trainable
 parameters, any extra modules it holds, and a function computing the training loss of a
-batch). ``strategy=<name>`` selects one from the ``conf/strategy`` group,
+batch). Every strategy with a config is timed by :func:`module_bench`: the strategy's own
+training step (``CLODModule.training_losses``, as ``clod.train`` runs it) at the second
+task of a scenario that adds the last class, so its teacher, frozen parts and extra
+terms are all there. ``strategy=<name>`` selects one from the ``conf/strategy`` group,
 ``strategies=[a,b]`` gives one row each, and with neither the row is ``naive``.
 """
 
@@ -42,6 +45,7 @@ import os
 # machine it costs 2–5 %. An explicit GOMP_SPINCOUNT in the environment wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
+import copy
 import dataclasses
 import json
 import math
@@ -57,13 +61,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.models.detector import Detector, build_detector
 from clod.models.runtime import tune_cpu_runtime
+from clod.strategies.base import Strategy
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 OBJECTS_PER_IMAGE = 6
@@ -84,22 +91,54 @@ class StrategyBench:
     loss: LossFn
     trainable: list[nn.Parameter]
     modules: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # more row entries
 
 
 # (detector, the strategy's config from conf/strategy or None) -> its benchmark step
 StrategyFactory = Callable[[Detector, DictConfig | None], StrategyBench]
 
 
-def naive_bench(detector: Detector, strategy_cfg: DictConfig | None) -> StrategyBench:
-    """Plain detection training: L_det on the batch, every parameter trainable."""
+def incremental_task(num_classes: int) -> Task:
+    """The second task of a scenario that adds the last class (19p1 for 20 classes), no images."""
+    return Task(
+        index=1,
+        num_tasks=2,
+        new=(num_classes - 1,),
+        seen=tuple(range(num_classes)),
+        class_names=tuple(f"class_{c}" for c in range(num_classes)),
+        train=(),
+        eval=(),
+    )
+
+
+def module_bench(detector: Detector, strategy_cfg: DictConfig | None) -> StrategyBench:
+    """The strategy's real training step on a copy of ``detector``, at an incremental task.
+
+    ``strategy_cfg`` None is plain training (naive). The copy keeps rows independent: a
+    strategy may freeze parts of its model.
+    """
+    from clod.engine.module import CLODModule
+
+    strategy: Strategy = instantiate(strategy_cfg) if strategy_cfg is not None else Strategy()
+    task = incremental_task(detector.num_classes)
+    module = CLODModule(copy.deepcopy(detector), strategy, task, optimizer={}, evaluation={})
+    strategy.on_task_start(module, task)
+    module.train()
 
     def loss(batch: Batch) -> torch.Tensor:
-        return detector.loss(batch.images, batch.boxes, batch.labels)["loss"]
+        return module.training_losses(batch)[0]
 
-    return StrategyBench(loss=loss, trainable=[p for p in detector.parameters() if p.requires_grad])
+    counts = module.parameter_counts()
+    return StrategyBench(
+        loss=loss,
+        trainable=[p for p in module.parameters() if p.requires_grad],
+        modules={"teacher": module.teacher} if module.teacher is not None else {},
+        extra={"params_teacher": counts["params_teacher"]},
+    )
 
 
-STRATEGY_BENCHES: dict[str, StrategyFactory] = {"naive": naive_bench}
+# Strategies that need a factory of their own; any other with a config uses module_bench.
+STRATEGY_BENCHES: dict[str, StrategyFactory] = {"naive": module_bench}
 
 
 # --------------------------------------------------------------------------- timing
@@ -246,6 +285,23 @@ def forward_flops(detector: nn.Module, images: torch.Tensor) -> tuple[int, int]:
     return counter.get_total_flops(), conv_flops // 2
 
 
+def step_conv_macs_per_image(loss: LossFn, batch: Batch) -> int:
+    """Conv MACs of the forward passes of one training step, per image (``cost/macs_conv_step``).
+
+    Counted on the whole batch (BatchNorm in train mode needs more than one value per
+    channel) and divided by its size.
+    """
+    counter = flop_counter()
+    with torch.no_grad(), counter:
+        loss(batch)
+    conv_flops = sum(
+        count
+        for op, count in counter.get_flop_counts()["Global"].items()
+        if "convolution" in str(op)
+    )
+    return conv_flops // 2 // batch.images.shape[0]
+
+
 def train_step_flops(step: Callable[[], object]) -> tuple[int, int]:
     """FLOPs of one training step (forward + backward): (group-aware, torch's default)."""
     counter = flop_counter()
@@ -327,10 +383,16 @@ def bench_strategy(
     cfg: DictConfig,
     probe: MatmulProbe,
 ) -> dict[str, Any]:
-    if name not in STRATEGY_BENCHES:
-        raise KeyError(f"no benchmark for strategy {name!r}; known: {sorted(STRATEGY_BENCHES)}")
+    factory = STRATEGY_BENCHES.get(name)
+    if factory is None and strategy_cfg is not None and "_target_" in strategy_cfg:
+        factory = module_bench
+    if factory is None:
+        raise KeyError(
+            f"no benchmark for strategy {name!r}: no conf/strategy/{name}.yaml and no factory in "
+            f"STRATEGY_BENCHES ({sorted(STRATEGY_BENCHES)})"
+        )
     detector.train()
-    strategy = STRATEGY_BENCHES[name](detector, strategy_cfg)
+    strategy = factory(detector, strategy_cfg)
     # fused=True runs AdamW as one kernel per step instead of ~10 small ops per tensor.
     optimizer = torch.optim.AdamW(strategy.trainable, lr=1e-4, weight_decay=0.05, fused=True)
 
@@ -340,6 +402,7 @@ def bench_strategy(
         optimizer.step()
 
     batch_size = batch.images.shape[0]
+    macs_conv_step = step_conv_macs_per_image(strategy.loss, batch)
     flops, default_flops = train_step_flops(step)
     flops_per_image = flops / batch_size
     reset_peak_rss()
@@ -350,6 +413,7 @@ def bench_strategy(
         "params_trainable": sum(p.numel() for p in strategy.trainable),
         "params_held": count_parameters(detector)
         + sum(count_parameters(m) for m in strategy.modules.values()),
+        "macs_conv_step": macs_conv_step,
         "train_flops_per_image": flops_per_image,
         "train_flops_per_image_torch_default": default_flops / batch_size,
         "train_images_per_s": images_per_s,
@@ -357,6 +421,7 @@ def bench_strategy(
         "train_matmul_flops_per_s": timing.matmul_flops_per_s,
         "train_peak_rss_mb": peak_rss_bytes() / 2**20,
         "train_peak_fraction": flops_per_image * images_per_s / timing.matmul_flops_per_s,
+        **strategy.extra,
     }
 
 
@@ -379,6 +444,12 @@ def strategy_rows(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
     for name in names:
         path = CONFIG_DIR / "strategy" / f"{name}.yaml"
         node = OmegaConf.load(path) if path.is_file() else None
+        if isinstance(node, DictConfig):
+            # Placed in the bench config so interpolations such as ${seed} resolve.
+            context = copy.deepcopy(cfg)
+            with open_dict(context):
+                context.strategy = node
+            node = context.strategy
         rows.append((str(name), node if isinstance(node, DictConfig) else None))
     return rows
 
