@@ -107,6 +107,8 @@ def task_epochs(cfg: Mapping[str, Any], task: Task) -> int:
     epochs = trainer_cfg["epochs"]
     if task.index > 0 and trainer_cfg.get("incremental_epochs") is not None:
         epochs = trainer_cfg["incremental_epochs"]
+    if (cfg.get("strategy") or {}).get("epochs") is not None:  # e.g. joint's longer single task
+        epochs = cfg["strategy"]["epochs"]
     if int(epochs) < 1:
         raise ConfigError(f"trainer.epochs must be >= 1, got {epochs}")
     return int(epochs)

@@ -12,5 +12,11 @@ class Joint(Strategy):
     name = "joint"
     joint = True
 
+    def __init__(
+        self, name: str | None = None, joint: bool | None = None, epochs: int | None = None
+    ) -> None:
+        super().__init__(name, joint)
+        self.epochs = epochs  # read by the engine from the config (strategy.epochs)
+
     def base_training_signature(self) -> None:
         return None  # its only task is the joint one, not a scenario's base task
