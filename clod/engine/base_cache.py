@@ -25,6 +25,10 @@ the cache directory (or bump :data:`CACHE_VERSION`).
 Publishing is atomic: the files are written to a temporary directory that is then renamed
 to ``<key>``. When two jobs race, the rename of the second fails; it discards its own
 copy and uses the winner's, so every run of a sweep continues from the same weights.
+Under DDP, rank 0 publishes and every rank then continues from the published entry.
+Each rank looks the entry up on its own before task 0, so a job of another sweep
+publishing at that very moment could make ranks disagree: start multi-process jobs
+with the entry already there (or the cache off) when several sweeps share a cache.
 """
 
 from __future__ import annotations
