@@ -5,7 +5,7 @@ differs, through these hooks, each with a default that means "plain training":
 
 - ``joint``: train once on every class (the upper bound) instead of task by task;
 - :meth:`Strategy.on_task_start`: freeze parts, build a teacher, before a task trains;
-- :meth:`Strategy.train_records`: the images a task trains on (replay adds its buffer);
+- :meth:`Strategy.train_records`: the images the engine's default loader trains a task on;
 - :meth:`Strategy.train_loader`: a loader of its own for a task (replay's mixed batches);
 - :meth:`Strategy.training_loss`: extra loss terms, added to the detection loss;
 - :meth:`Strategy.on_task_end`: after a task is trained and evaluated (update a buffer);
