@@ -13,7 +13,8 @@ The key is a hash of everything that changes task 0's trained weights:
   ``data.test``, ``data.eval_batch_size``), the later tasks (``scenario`` and
   ``trainer.incremental_epochs``) and the strategy's own settings;
 - instead of ``scenario``: the first task's classes and the ids of its training images
-  (so changed data on disk is a different key);
+  (so changed data on disk is a different key), and its number of epochs (whichever
+  key set it);
 - instead of ``strategy``: what the strategy says makes its task 0 differ from plain
   training (:meth:`Strategy.base_training_signature`; None: the cache is not used);
 - the hardware keys that change the arithmetic: accelerator, precision, devices and nodes
@@ -73,7 +74,7 @@ HARDWARE_KEYS = ("accelerator", "precision", "devices", "num_nodes", "channels_l
 
 
 def base_task_material(
-    resolved: Mapping[str, Any], first_task: Task, signature: Mapping[str, Any]
+    resolved: Mapping[str, Any], first_task: Task, epochs: int, signature: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Everything the cache key hashes (also stored next to the weights, for inspection)."""
     config = {
@@ -95,6 +96,7 @@ def base_task_material(
             "num_classes": len(first_task.class_names),
             "train_images": len(first_task.train),
             "train_image_digest": images,
+            "epochs": int(epochs),
         },
         "strategy": dict(signature),
     }
@@ -124,7 +126,7 @@ class BaseModelCache:
 
     @classmethod
     def for_run(
-        cls, resolved: Mapping[str, Any], strategy: Strategy, first_task: Task
+        cls, resolved: Mapping[str, Any], strategy: Strategy, first_task: Task, epochs: int
     ) -> BaseModelCache | None:
         """The run's cache entry, or None when the cache is off or the strategy opts out."""
         settings = resolved.get("base_cache") or {}
@@ -133,7 +135,8 @@ class BaseModelCache:
         signature = strategy.base_training_signature()
         if signature is None:
             return None
-        return cls(Path(settings["dir"]), base_task_material(resolved, first_task, signature))
+        material = base_task_material(resolved, first_task, epochs, signature)
+        return cls(Path(settings["dir"]), material)
 
     def load(self) -> CachedBase | None:
         """The published model, or None. A published entry is always complete (atomic rename)."""

@@ -225,7 +225,9 @@ def _run_tasks(
         if run_id:
             state.set(wandb_run_id=run_id)
 
-    base_cache = BaseModelCache.for_run(resolved, strategy, tasks[0])
+    base_cache = BaseModelCache.for_run(
+        resolved, strategy, tasks[0], task_epochs(resolved, tasks[0])
+    )
     done = [t for t in state.tasks_done if t < len(tasks)]
     if done:
         last = max(done)

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from clod.data.build import build_experiment_tasks
 from clod.engine.base_cache import BaseModelCache
+from clod.engine.run import task_epochs
 from tests.strategies.conftest import CONF
 
 
@@ -23,7 +24,7 @@ def cache_for(tmp_path_factory: pytest.TempPathFactory):
     """overrides -> the run's cache entry (None when the cache is not used)."""
     root = tmp_path_factory.mktemp("compose")
 
-    def build(*overrides: str) -> BaseModelCache | None:
+    def build(*overrides: str, epochs: int | None = None) -> BaseModelCache | None:
         GlobalHydra.instance().clear()
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
             cfg = compose(
@@ -42,7 +43,9 @@ def cache_for(tmp_path_factory: pytest.TempPathFactory):
             del cfg.hydra
         resolved = OmegaConf.to_container(cfg, resolve=True)
         _, tasks = build_experiment_tasks(resolved)
-        return BaseModelCache.for_run(resolved, instantiate(cfg.strategy), tasks[0])
+        if epochs is None:
+            epochs = task_epochs(resolved, tasks[0])
+        return BaseModelCache.for_run(resolved, instantiate(cfg.strategy), tasks[0], epochs)
 
     yield build
     GlobalHydra.instance().clear()
@@ -88,6 +91,11 @@ def test_strategies_with_a_plain_task_zero_share_one_key(cache_for) -> None:
 )
 def test_a_change_to_task_zero_changes_the_key(cache_for, override: str) -> None:
     assert key(cache_for(*override.split())) != key(cache_for())
+
+
+def test_the_epochs_task_zero_trains_are_in_the_key(cache_for) -> None:
+    # whichever key sets them (trainer.epochs, or a strategy's own strategy.epochs)
+    assert key(cache_for(epochs=3)) != key(cache_for())
 
 
 def test_no_cache_for_joint_or_when_disabled(cache_for) -> None:
