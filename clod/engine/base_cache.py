@@ -20,8 +20,8 @@ The key is a hash of everything that changes task 0's trained weights:
 - the hardware keys that change the arithmetic: accelerator, precision, devices and nodes
   (the global batch), channels-last.
 
-The code version is not in the key: after changing code that changes training, clear
-the cache directory (or bump :data:`CACHE_VERSION`).
+- a digest of clod's own source files, so a base model trained by other code is never
+  reused (a stale cache would silently change every strategy's starting point).
 
 Publishing is atomic: the files are written to a temporary directory that is then renamed
 to ``<key>``. When two jobs race, the rename of the second fails; it discards its own
@@ -88,6 +88,7 @@ def base_task_material(
     ).hexdigest()
     return {
         "version": CACHE_VERSION,
+        "code": code_digest(),
         "config": config,
         "hardware": {key: hardware.get(key) for key in HARDWARE_KEYS},
         "first_task": {
@@ -100,6 +101,16 @@ def base_task_material(
         },
         "strategy": dict(signature),
     }
+
+
+def code_digest() -> str:
+    """SHA-256 over clod's Python sources (paths and contents), in a fixed order."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(material: Mapping[str, Any]) -> str:
