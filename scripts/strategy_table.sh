@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Reproduces the README's strategy table on the embedded benchmark (2 CPU cores: about
+# an hour). Task 0 is trained once per scenario and shared through the base-model cache.
+#   bash scripts/strategy_table.sh [SWEEP_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sweep=${1:-outputs/multirun/strategy_table}
+python -m clod.train -m strategy=naive,replay,lwf,sid,latent scenario=19p1,15p1 \
+  hydra.sweep.dir="$sweep" trainer.enable_progress_bar=false
+python -m clod.train strategy=joint scenario=15p1 hydra.run.dir="$sweep/joint" \
+  trainer.enable_progress_bar=false
+python scripts/strategy_table.py "$sweep"
