@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-# OpenMP's default spin-wait collapses throughput when a data worker or another process
-# shares the cores; a short spin costs 2-5% on an idle machine (measured with clod.bench).
-# It must be set before torch (and its libgomp) is imported.
-os.environ.setdefault("GOMP_SPINCOUNT", "1000")
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
