@@ -12,12 +12,13 @@ from omegaconf import OmegaConf
 from clod.data.build import load_splits
 from clod.data.scenario import resolve_scenario
 from clod.data.tasks import relabel, select_images
-from clod.data.types import ImageRecord
+from clod.data.types import Batch, ImageRecord
 from clod.engine.data import eval_loader
 from clod.errors import ConfigError, DataError
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.metrics.files import result_to_json
 from clod.models.detector import Detector, build_detector
+from clod.models.head import NanoDetPlusHead
 
 
 def record_targets(records: Sequence[ImageRecord]) -> list[dict[str, torch.Tensor]]:
@@ -31,6 +32,26 @@ def record_targets(records: Sequence[ImageRecord]) -> list[dict[str, torch.Tenso
         }
         for r in records
     ]
+
+
+def decode_for_evaluation(
+    head: NanoDetPlusHead,
+    raw: torch.Tensor,
+    batch: Batch,
+    eval_cfg: Mapping[str, Any],
+    seen: torch.Tensor,
+) -> list[dict[str, torch.Tensor]]:
+    """Detections in original-image pixels with the ``eval`` settings (``seen``: bool mask over classes)."""
+    return head.decode(
+        raw,
+        tuple(batch.images.shape[-2:]),
+        batch.warps,
+        batch.orig_sizes,
+        score_thr=float(eval_cfg.get("score_thr", 0.05)),
+        nms_iou=float(eval_cfg.get("nms_iou", 0.6)),
+        max_det=int(eval_cfg.get("max_det", 100)),
+        class_mask=seen if eval_cfg.get("restrict_to_seen", True) else None,
+    )
 
 
 @torch.no_grad()
@@ -51,16 +72,7 @@ def evaluate_detector(
     mask[list(classes)] = True
     for batch in eval_loader(records, data_cfg):
         output = detector(batch.images)
-        detections = detector.head.decode(
-            output.raw,
-            tuple(batch.images.shape[-2:]),
-            batch.warps,
-            batch.orig_sizes,
-            score_thr=float(eval_cfg.get("score_thr", 0.05)),
-            nms_iou=float(eval_cfg.get("nms_iou", 0.6)),
-            max_det=int(eval_cfg.get("max_det", 100)),
-            class_mask=mask if eval_cfg.get("restrict_to_seen", True) else None,
-        )
+        detections = decode_for_evaluation(detector.head, output.raw, batch, eval_cfg, mask)
         metric.update(
             detections, record_targets([records[int(i)] for i in batch.indices]), batch.indices
         )

@@ -27,6 +27,7 @@ from torch import nn
 
 from clod.data.tasks import Task
 from clod.data.types import Batch
+from clod.engine.evaluation import decode_for_evaluation, record_targets
 from clod.engine.schedule import WarmupCosine, warmup_steps
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
@@ -186,26 +187,10 @@ class CLODModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output = self(batch.images)
-        detections = self.head.decode(
-            output.raw,
-            tuple(batch.images.shape[-2:]),
-            batch.warps,
-            batch.orig_sizes,
-            score_thr=float(self.eval_cfg.get("score_thr", 0.05)),
-            nms_iou=float(self.eval_cfg.get("nms_iou", 0.6)),
-            max_det=int(self.eval_cfg.get("max_det", 100)),
-            class_mask=self.seen_mask if self.eval_cfg.get("restrict_to_seen", True) else None,
+        detections = decode_for_evaluation(
+            self.head, output.raw, batch, self.eval_cfg, self.seen_mask
         )
-        records = [self.task.eval[int(i)] for i in batch.indices]
-        targets = [
-            {
-                "boxes": torch.from_numpy(r.boxes),
-                "labels": torch.from_numpy(r.labels),
-                "difficult": torch.from_numpy(r.difficult),
-                "iscrowd": torch.from_numpy(r.iscrowd),
-            }
-            for r in records
-        ]
+        targets = record_targets([self.task.eval[int(i)] for i in batch.indices])
         self.metric.update(detections, targets, batch.indices)
 
     def on_validation_epoch_end(self) -> None:
