@@ -49,68 +49,65 @@ def _sample(seq: Sequence[Any], k: int, rng: np.random.Generator) -> list[Any]:
     return [seq[i] for i in rng.choice(len(seq), size=k, replace=False)] if k else []
 
 
-def _fill_empty(
-    items: list[BufferItem],
-    candidates: Sequence[ImageRecord],
-    task: int,
-    capacity: int,
-    rng: np.random.Generator,
-) -> list[BufferItem] | None:
-    if items:
-        return None
-    return [BufferItem(r, task) for r in _sample(candidates, capacity, rng)]
+class CountPolicy:
+    """A policy that only decides how many items to keep and how many task images to add.
+
+    The first fill draws ``capacity`` images uniformly from the task; afterwards
+    :meth:`counts` says how many old items survive (drawn uniformly) and how many task
+    images join (drawn uniformly, without replacement).
+    """
+
+    def counts(
+        self,
+        num_items: int,
+        num_candidates: int,
+        new_classes: Sequence[int],
+        seen_classes: Sequence[int],
+        capacity: int,
+    ) -> tuple[int, int]:
+        """(items kept, task images added)."""
+        raise NotImplementedError
+
+    def select(
+        self,
+        items: list[BufferItem],
+        candidates: Sequence[ImageRecord],
+        task: int,
+        new_classes: Sequence[int],
+        seen_classes: Sequence[int],
+        capacity: int,
+        rng: np.random.Generator,
+    ) -> list[BufferItem]:
+        if not items:
+            return [BufferItem(r, task) for r in _sample(candidates, capacity, rng)]
+        num_kept, num_new = self.counts(
+            len(items), len(candidates), new_classes, seen_classes, capacity
+        )
+        kept = _sample(items, num_kept, rng)
+        added = [BufferItem(r, task) for r in _sample(candidates, num_new, rng)]
+        return kept + added
 
 
-class HalfPolicy:
+class HalfPolicy(CountPolicy):
     """The reference policy: after each later task, half old items, half new images.
 
     If the task has at least M/2 images: keep M/2 random old items and add M/2 random
-    task images; otherwise keep M - |D_t| old items and add all of D_t. The first
-    fill draws M images uniformly from the task.
+    task images; otherwise keep M - |D_t| old items and add all of D_t.
     """
 
-    def select(
-        self,
-        items: list[BufferItem],
-        candidates: Sequence[ImageRecord],
-        task: int,
-        new_classes: Sequence[int],
-        seen_classes: Sequence[int],
-        capacity: int,
-        rng: np.random.Generator,
-    ) -> list[BufferItem]:
-        first = _fill_empty(items, candidates, task, capacity, rng)
-        if first is not None:
-            return first
-        num_new = min(len(candidates), capacity // 2)
-        kept = _sample(items, capacity - num_new, rng)
-        added = [BufferItem(r, task) for r in _sample(candidates, num_new, rng)]
-        return kept + added
+    def counts(self, num_items, num_candidates, new_classes, seen_classes, capacity):
+        num_new = min(num_candidates, capacity // 2)
+        return min(num_items, capacity - num_new), num_new
 
 
-class ClassBalancedPolicy:
+class ClassBalancedPolicy(CountPolicy):
     """Replace k·|New_t| random items with task images, k = floor(M / |S_t|) (the "smart" buffer)."""
 
-    def select(
-        self,
-        items: list[BufferItem],
-        candidates: Sequence[ImageRecord],
-        task: int,
-        new_classes: Sequence[int],
-        seen_classes: Sequence[int],
-        capacity: int,
-        rng: np.random.Generator,
-    ) -> list[BufferItem]:
-        first = _fill_empty(items, candidates, task, capacity, rng)
-        if first is not None:
-            return first
+    def counts(self, num_items, num_candidates, new_classes, seen_classes, capacity):
         per_class = capacity // max(1, len(seen_classes))
-        num_new = min(per_class * len(new_classes), len(candidates), capacity)
-        free = capacity - len(items)  # a buffer not yet full takes new images without evicting
-        num_evict = max(0, num_new - free)
-        kept = _sample(items, len(items) - num_evict, rng)
-        added = [BufferItem(r, task) for r in _sample(candidates, num_new, rng)]
-        return kept + added
+        num_new = min(per_class * len(new_classes), num_candidates, capacity)
+        free = capacity - num_items  # a buffer not yet full takes new images without evicting
+        return num_items - max(0, num_new - free), num_new
 
 
 POLICIES: dict[str, type] = {"half": HalfPolicy, "class_balanced": ClassBalancedPolicy}
