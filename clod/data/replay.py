@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -28,21 +28,6 @@ class BufferItem:
     task: int
 
 
-class SelectionPolicy(Protocol):
-    """Decides the buffer's content after a task. Must not exceed ``capacity``."""
-
-    def select(
-        self,
-        items: list[BufferItem],
-        candidates: Sequence[ImageRecord],
-        task: int,
-        new_classes: Sequence[int],
-        seen_classes: Sequence[int],
-        capacity: int,
-        rng: np.random.Generator,
-    ) -> list[BufferItem]: ...
-
-
 def _sample(seq: Sequence[Any], k: int, rng: np.random.Generator) -> list[Any]:
     """``k`` distinct elements drawn uniformly, in draw order."""
     k = min(k, len(seq))
@@ -50,7 +35,10 @@ def _sample(seq: Sequence[Any], k: int, rng: np.random.Generator) -> list[Any]:
 
 
 class CountPolicy:
-    """A policy that only decides how many items to keep and how many task images to add.
+    """Base of the selection policies: decides the buffer's content after a task.
+
+    Subclasses say only how many old items to keep and how many task images to add; a
+    policy that needs more overrides :meth:`select` (it must not exceed ``capacity``).
 
     The first fill draws ``capacity`` images uniformly from the task; afterwards
     :meth:`counts` says how many old items survive (drawn uniformly) and how many task
@@ -116,7 +104,7 @@ POLICIES: dict[str, type] = {"half": HalfPolicy, "class_balanced": ClassBalanced
 class ReplayBuffer:
     """Up to ``capacity`` images from past tasks, chosen by ``policy``."""
 
-    def __init__(self, capacity: int, policy: str | SelectionPolicy = "half", seed: int = 0):
+    def __init__(self, capacity: int, policy: str | CountPolicy = "half", seed: int = 0):
         if capacity <= 0:
             raise ConfigError(f"replay buffer capacity must be > 0, got {capacity}")
         if isinstance(policy, str):
