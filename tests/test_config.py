@@ -164,3 +164,26 @@ def test_every_model_instantiates_for_the_data(option: str, data: str, tmp_path:
     width, height = cfg.model.input_size
     raw = detector(torch.zeros(1, 3, height, width)).raw
     assert raw.shape[-1] == cfg.data.num_classes + 32
+
+
+@pytest.mark.parametrize("preset", ["slurm", "slurm_ddp", "slurm_cpu", "local"])
+def test_cluster_presets_take_tasks_and_nodes_from_the_hardware_keys(preset: str) -> None:
+    """Lightning's SLURMEnvironment requires devices == tasks per node and num_nodes ==
+    nodes (ecosystem.md §3): one override of the hardware keys moves both sides."""
+    GlobalHydra.instance().clear()
+    overrides = [f"hardware={preset}", "hardware.devices=3"]
+    if preset != "local":
+        overrides.append("hardware.num_nodes=2")
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    expected = "submitit_local" if preset == "local" else "submitit_slurm"
+    assert cfg.hydra.runtime.choices["hydra/launcher"] == expected
+    assert launcher["tasks_per_node"] == 3
+    assert launcher["nodes"] == (1 if preset == "local" else 2)
+    if preset in ("slurm", "slurm_ddp"):
+        assert launcher["gpus_per_node"] == 3
+        assert launcher["max_num_timeout"] > 0  # requeued jobs resume (tests/slurm)
+    if preset == "slurm_ddp":
+        assert cfg.hardware.strategy == "ddp"

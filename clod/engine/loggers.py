@@ -34,6 +34,19 @@ def wandb_credentials_configured() -> bool:
         return False
 
 
+def sweep_name() -> str | None:
+    """The name of the Hydra sweep this job belongs to (its directory's name), else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(hydra_cfg.sweep.dir)).name or None
+
+
 def make_wandb_logger(
     project: str,
     save_dir: str,
@@ -49,7 +62,11 @@ def make_wandb_logger(
 
     ``mode``: ``auto`` (online only with credentials), ``online``, ``offline`` or
     ``disabled``. ``WANDB_MODE`` in the environment wins, as W&B itself does.
+    ``group``: None puts every job of a sweep in one group named after the sweep's
+    directory (``hydra.sweep.dir=outputs/multirun/lwf_alpha`` -> ``lwf_alpha``), so the
+    sweep's runs plot together; a single run has no group.
     """
+    group = group or sweep_name()
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:
         mode = env_mode

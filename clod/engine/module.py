@@ -49,6 +49,12 @@ class NeckHead(nn.Module):
         return self.head(self.neck(features))
 
 
+def float32(like: torch.Tensor) -> torch.autocast:
+    """A region outside mixed precision: box regression, the loss terms and box decoding
+    need float32 (bfloat16's 8-bit mantissa is about one pixel at 320 px)."""
+    return torch.autocast(device_type=like.device.type, enabled=False)
+
+
 def count_parameters(module: nn.Module | None, trainable_only: bool = False) -> int:
     if module is None:
         return 0
@@ -145,7 +151,10 @@ class CLODModule(pl.LightningModule):
         images = batch.images
         features = self.features(images)
         output = self.student(features)
-        losses = self.head.loss(output.raw, batch.boxes, batch.labels, tuple(images.shape[-2:]))
+        with float32(images):
+            losses = self.head.loss(
+                output.raw.float(), batch.boxes, batch.labels, tuple(images.shape[-2:])
+            )
         extra = self.strategy.training_loss(self, batch, features, output)
         total = losses["loss"] + sum(extra.values()) if extra else losses["loss"]
         return total, {**losses, **extra}
@@ -161,8 +170,13 @@ class CLODModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optimizer_cfg
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = instantiate(cfg["optimizer"], _convert_="all")(params)
         trainer = self.trainer
+        options = {}
+        if cfg["optimizer"].get("fused") and "mixed" in str(trainer.precision):
+            # Lightning cannot clip the gradients of a fused optimiser under mixed precision
+            # (the fused step unscales them itself); the unfused step computes the same update.
+            options["fused"] = False
+        optimizer = instantiate(cfg["optimizer"], _convert_="all", **options)(params)
         total_steps = int(trainer.estimated_stepping_batches)
         epochs = max(1, int(trainer.max_epochs or 1))
         steps_per_epoch = max(1, total_steps // epochs)
@@ -187,9 +201,10 @@ class CLODModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output = self(batch.images)
-        detections = decode_for_evaluation(
-            self.head, output.raw, batch, self.eval_cfg, self.seen_mask
-        )
+        with float32(batch.images):
+            detections = decode_for_evaluation(
+                self.head, output.raw.float(), batch, self.eval_cfg, self.seen_mask
+            )
         targets = record_targets([self.task.eval[int(i)] for i in batch.indices])
         self.metric.update(detections, targets, batch.indices)
 

@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,7 +43,7 @@ from clod.engine.results import ResultsBook, peak_memory_mb, task_row
 from clod.engine.state import RunState
 from clod.errors import ConfigError
 from clod.models.detector import Detector, build_detector
-from clod.models.runtime import tune_cpu_runtime
+from clod.models.runtime import physical_core_count, tune_cpu_runtime
 from clod.strategies.base import Strategy
 from clod.utils.table import format_table
 
@@ -56,6 +57,10 @@ warnings.filterwarnings(
     "ignore", message=".*defined a `validation_step` but have no `val_dataloader`.*"
 )
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# Under DDP the evaluation metric gathers every rank's rows and keeps each image once
+# (DetectionMetric), so the padded DistributedSampler and rank-0 logging are correct as they are.
+warnings.filterwarnings("ignore", message=".*it is recommended to use `Trainer\\(devices=1.*")
+warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
 # A strategy's teacher and frozen backbone are in eval mode on purpose (strategies.md §0).
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
@@ -70,6 +75,15 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
+def cpu_threads_per_process(hardware: Mapping[str, Any]) -> int | None:
+    """With several CPU processes on one node (DDP on CPU), each takes an equal share of the
+    physical cores: two processes of all-core thread pools oversubscribe every core."""
+    devices = hardware.get("devices", 1)
+    if isinstance(devices, int) and devices > 1:
+        return max(1, physical_core_count() // devices)
+    return None  # one process: all physical cores
+
+
 def make_trainer(
     cfg: Mapping[str, Any], task: Task, output_dir: Path, loggers: list[Any], epochs: int
 ) -> pl.Trainer:
@@ -81,6 +95,10 @@ def make_trainer(
         every_n_epochs=1,
         enable_version_counter=False,
     )
+    # Under SLURM (submitit runs one copy of the job per task through srun), requeueing
+    # belongs to submitit: Lightning must not install its own SIGUSR1 handler that
+    # checkpoints and calls `scontrol requeue` (ecosystem.md §3).
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     return pl.Trainer(
         accelerator=hardware["accelerator"],
         devices=hardware["devices"],
@@ -92,6 +110,7 @@ def make_trainer(
         gradient_clip_algorithm="norm",
         logger=loggers or False,
         callbacks=[checkpoint],
+        plugins=plugins,
         default_root_dir=str(output_dir),
         num_sanity_val_steps=0,
         enable_model_summary=False,
@@ -171,7 +190,7 @@ def _run(
 ) -> dict[str, Any]:
     hardware = resolved["hardware"]
     if hardware["accelerator"] == "cpu":
-        tuned = tune_cpu_runtime(hardware.get("threads"))
+        tuned = tune_cpu_runtime(hardware.get("threads") or cpu_threads_per_process(hardware))
         log.info("CPU runtime: %s", tuned)
     elif hardware.get("threads"):
         torch.set_num_threads(int(hardware["threads"]))
