@@ -3,11 +3,25 @@ PYTHON ?= python3
 # Pins torch to the CPU build; GPU users who installed their own torch: `make install CONSTRAINTS=`
 CONSTRAINTS ?= constraints.txt
 ARGS ?=
+# Sweeps: the grid (a conf/sweep/ preset or comma lists) and where its runs go.
+SWEEP ?= sweep=strategies
+# Named after the grid, so rerunning the same sweep resumes it: finished jobs exit at once.
+SWEEP_DIR ?= outputs/multirun/$(subst $(comma),+,$(subst =,-,$(subst $(space),_,$(SWEEP))))
+empty :=
+space := $(empty) $(empty)
+comma := ,
 PYTEST_ARGS ?=
+# Sweeps: the grid (a conf/sweep/ preset or comma lists) and where its runs go.
+SWEEP ?= sweep=strategies
+# Named after the grid, so rerunning the same sweep resumes it: finished jobs exit at once.
+SWEEP_DIR ?= outputs/multirun/$(subst $(comma),+,$(subst =,-,$(subst $(space),_,$(SWEEP))))
+empty :=
+space := $(empty) $(empty)
+comma := ,
 
 STAMP := .make/installed
 
-.PHONY: help install train plan test test-quick lint format clean
+.PHONY: help install train plan sweep-local sweep-slurm report sync-wandb test test-quick lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,6 +37,20 @@ train: $(STAMP)  ## run the default experiment on the embedded benchmark (extra 
 
 plan: $(STAMP)  ## print the task plan of an experiment without training (ARGS="scenario=15p1")
 	$(PYTHON) -m clod.train dry_run=true $(ARGS)
+
+sweep-local: $(STAMP)  ## a sweep on this machine, one job after another (SWEEP="strategy=lwf,sid strategy.alpha=1,3")
+	$(PYTHON) -m clod.train -m $(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+
+sweep-slurm: $(STAMP)  ## the same sweep as a SLURM job array through submitit (HARDWARE=slurm_ddp for DDP jobs)
+	$(PYTHON) -m clod.train -m $(SWEEP) hardware=$(or $(HARDWARE),slurm) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+
+report: $(STAMP)  ## table and plots of a sweep directory (SWEEP_DIR=...; REPORT_ARGS=--wandb)
+	$(PYTHON) -m clod.report $(SWEEP_DIR) $(REPORT_ARGS)
+
+sync-wandb: $(STAMP)  ## upload the offline W&B runs under a directory (SWEEP_DIR=..., default outputs/)
+	@runs=$$(find $(or $(wildcard $(SWEEP_DIR)),outputs) -type d -name 'offline-run-*' 2>/dev/null); \
+	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(or $(wildcard $(SWEEP_DIR)),outputs)"; \
+	else $(PYTHON) -m wandb sync $$runs; fi
 
 test: $(STAMP)  ## the full test suite, as CI runs it
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sweep=${1:-outputs/multirun/strategy_table}
-python -m clod.train -m strategy=naive,replay,lwf,sid,latent scenario=19p1,15p1 \
-  hydra.sweep.dir="$sweep" trainer.enable_progress_bar=false
+# conf/sweep/strategies.yaml: naive, replay, lwf, sid, latent x 19p1, 15p1, at the weights
+# conf/tuning/ gives the embedded benchmark (alpha = 10 for lwf, sid and latent).
+python -m clod.train -m sweep=strategies hydra.sweep.dir="$sweep" trainer.enable_progress_bar=false
 python -m clod.train strategy=joint scenario=15p1 hydra.run.dir="$sweep/joint" \
   trainer.enable_progress_bar=false
 python scripts/strategy_table.py "$sweep"

@@ -187,3 +187,16 @@ def test_cluster_presets_take_tasks_and_nodes_from_the_hardware_keys(preset: str
         assert launcher["max_num_timeout"] > 0  # requeued jobs resume (tests/slurm)
     if preset == "slurm_ddp":
         assert cfg.hardware.strategy == "ddp"
+
+
+def test_tuning_specialises_strategy_weights_to_the_data_and_overrides_win(
+    tmp_path: Path,
+) -> None:
+    def alpha(*overrides: str) -> float:
+        return compose_train(list(overrides), output_dir=tmp_path).strategy.alpha
+
+    assert alpha("strategy=latent") == 10.0  # conf/tuning/synthetic_latent.yaml
+    assert alpha("strategy=latent", "data=voc", f"data.root={tmp_path}") == 1.0  # reference
+    assert alpha("strategy=latent", "experiment=smoke") == 1.0  # synthetic_tiny: no tuning
+    assert alpha("strategy=latent", "strategy.alpha=3") == 3.0  # the command line wins
+    assert compose_train(["strategy=sid"], output_dir=tmp_path).strategy.beta == 1.0

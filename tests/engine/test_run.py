@@ -171,3 +171,33 @@ def test_wandb_offline_run_holds_config_task_metrics_and_summary(
     assert [p["task/map50"] for p in task_points] == pytest.approx(
         [float(r["map50"]) for r in rows]
     )
+
+
+def test_wandb_runs_of_a_sweep_share_its_group_and_name_their_strategy(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    sweep_dir = tmp_path / "lwf_vs_naive"
+    command = [
+        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "logger=wandb",
+        "strategy=naive,lwf", "trainer.epochs=1", f"hydra.sweep.dir={sweep_dir}",
+        f"base_cache.dir={tmp_path / 'base_cache'}", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = {}
+    for job in ("0", "1"):
+        (wandb_run,) = (sweep_dir / job / "wandb").glob("offline-run-*")
+        records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
+        (run,) = [r["run"] for r in records if r.get("type") == "run"]
+        seen[job] = (run["run_group"], run["job_type"])
+    assert seen == {"0": ("lwf_vs_naive", "naive"), "1": ("lwf_vs_naive", "lwf")}
+
+    # a single run belongs to no group
+    single = tmp_path / "single"
+    assert run_train(single, data_dir, "logger=wandb", "trainer.epochs=1").returncode == 0
+    (wandb_run,) = (single / "wandb").glob("offline-run-*")
+    records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
+    (run,) = [r["run"] for r in records if r.get("type") == "run"]
+    assert not run.get("run_group")
