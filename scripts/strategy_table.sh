@@ -10,4 +10,4 @@ sweep=${1:-outputs/multirun/strategy_table}
 python -m clod.train -m sweep=strategies hydra.sweep.dir="$sweep" trainer.enable_progress_bar=false
 python -m clod.train strategy=joint scenario=15p1 hydra.run.dir="$sweep/joint" \
   trainer.enable_progress_bar=false
-python scripts/strategy_table.py "$sweep"
+python -m clod.report "$sweep"

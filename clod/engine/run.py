@@ -61,6 +61,9 @@ warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)`
 # (DetectionMetric), so the padded DistributedSampler and rank-0 logging are correct as they are.
 warnings.filterwarnings("ignore", message=".*it is recommended to use `Trainer\\(devices=1.*")
 warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed setting.*")
+# On a SLURM login node (or the test cluster's machine) Lightning would advise srun on every
+# Trainer; clod's cluster path is hardware=slurm*, where submitit starts the tasks with srun.
+warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system.*")
 # A strategy's teacher and frozen backbone are in eval mode on purpose (strategies.md §0).
 warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 

@@ -201,3 +201,32 @@ def test_wandb_runs_of_a_sweep_share_its_group_and_name_their_strategy(
     records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
     (run,) = [r["run"] for r in records if r.get("type") == "run"]
     assert not run.get("run_group")
+
+
+def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A user error inside one job of a multirun must not end the sweep (an exit would)."""
+    sweep_dir = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "strategy=lwf",
+        "strategy.frozen_bn=bogus,eval", "trainer.epochs=1", f"hydra.sweep.dir={sweep_dir}",
+        f"base_cache.dir={tmp_path / 'base_cache'}", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode != 0  # the sweep reports its failure ...
+    assert "error: strategy.frozen_bn must be eval or train, got 'bogus'" in result.stderr
+    failed = json.loads((sweep_dir / "0" / "state.json").read_text())
+    assert failed["status"] == "failed" and "frozen_bn must be eval or train" in failed["error"]
+    done = json.loads((sweep_dir / "1" / "state.json").read_text())
+    assert done["status"] == "done"  # ... after running the job that follows the failed one
+
+    # the same error in a single run: one line and exit 2 (the constructor's ConfigError
+    # arrives wrapped in Hydra's InstantiationException)
+    single = run_train(tmp_path / "single", data_dir, "strategy=lwf", "strategy.frozen_bn=bogus")
+    assert single.returncode == 2
+    assert single.stderr.strip().splitlines()[-1] == (
+        "error: strategy.frozen_bn must be eval or train, got 'bogus'"
+    )

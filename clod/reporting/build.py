@@ -1,0 +1,112 @@
+"""A sweep's report: collect the runs, build the table, figures and Markdown, write them.
+
+:func:`build_report` reads and draws without writing anything (what a notebook wants);
+:func:`write_report` writes ``runs.csv``, ``report.md`` and one PNG per figure, each
+atomically, into the output folder (default ``SWEEP_DIR/report``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clod.engine.io import write_text
+from clod.reporting.collect import STATUSES, Run, collect_runs
+from clod.reporting.plots import Drawing, all_drawings, save_png
+from clod.reporting.tables import Row, markdown_problems, markdown_results, run_rows, write_runs_csv
+
+REPORT_DIR = "report"
+FIGURE_TITLES = {
+    "map_vs_memory": "Final mAP50 against the parameters held in memory",
+    "map_per_task": "mAP50 on the seen classes after each task",
+    "alpha_beta": "Final mAP50 over the distillation weights alpha x beta",
+}
+MAX_SWEPT_KEYS_SHOWN = 12
+
+
+@dataclass
+class Report:
+    sweep_dir: Path
+    out_dir: Path
+    runs: list[Run]
+    rows: list[Row]
+    drawings: list[Drawing]
+    files: list[Path] = field(default_factory=list)  # filled by write_report
+
+    @property
+    def unfinished(self) -> list[Row]:
+        return [row for row in self.rows if row["status"] != "done"]
+
+    def png(self, drawing: Drawing) -> Path:
+        return self.out_dir / f"{drawing.name}.png"
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Report:
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIR
+    runs = collect_runs(sweep_dir, exclude=out)
+    return Report(sweep_dir, out, runs, run_rows(runs), all_drawings(runs))
+
+
+def status_counts(rows: Sequence[Row]) -> str:
+    counts = Counter(row["status"] for row in rows)
+    return ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+
+
+def swept_keys(runs: Sequence[Run]) -> list[str]:
+    """The config keys whose value differs between runs: what the sweep varied."""
+    # `_target_`, `_partial_`: the class a group choice implies, not a choice of its own.
+    keys = sorted(
+        {k for run in runs for k in run.config if not k.rsplit(".", 1)[-1].startswith("_")}
+    )
+    return [key for key in keys if len({repr(run.config.get(key)) for run in runs}) > 1]
+
+
+def results_markdown(report: Report) -> str:
+    """The results tables and the unfinished runs: what the CLI prints."""
+    parts = [markdown_results(report.rows)]
+    problems = markdown_problems(report.rows)
+    if problems:
+        parts.append(f"Runs that did not finish:\n\n{problems}")
+    return "\n\n".join(parts)
+
+
+def report_markdown(report: Report) -> str:
+    name = report.sweep_dir.resolve().name
+    swept = swept_keys(report.runs)
+    shown = ", ".join(f"`{key}`" for key in swept[:MAX_SWEPT_KEYS_SHOWN])
+    if len(swept) > MAX_SWEPT_KEYS_SHOWN:
+        shown += f" and {len(swept) - MAX_SWEPT_KEYS_SHOWN} more"
+    lines: list[Any] = [
+        f"# Sweep report: {name}",
+        "",
+        f"`{report.sweep_dir}`: {len(report.rows)} runs ({status_counts(report.rows)}).",
+    ]
+    if swept:
+        lines.append(f"Varied: {shown}.")
+    lines += ["", "## Results", "", markdown_results(report.rows)]
+    problems = markdown_problems(report.rows)
+    if problems:
+        lines += ["", "## Runs that did not finish", "", problems]
+    if report.drawings:
+        lines += ["", "## Figures"]
+        for drawing in report.drawings:
+            title = FIGURE_TITLES.get(drawing.name, drawing.name)
+            lines += ["", f"{title}:", "", f"![{title}]({drawing.name}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Report) -> list[Path]:
+    """Write runs.csv, report.md and the PNGs; return their paths."""
+    files = [report.out_dir / "runs.csv", report.out_dir / "report.md"]
+    write_runs_csv(report.rows, files[0])
+    for drawing in report.drawings:
+        save_png(drawing.figure, report.png(drawing))
+        files.append(report.png(drawing))
+    # The Markdown last: once it is there, the figures it links to are too.
+    write_text(files[1], report_markdown(report))
+    report.files = files
+    return files

@@ -1,0 +1,265 @@
+"""The report's figures, drawn from finished runs with matplotlib's Agg canvas.
+
+Figures are built with the object API (``Figure`` + ``FigureCanvasAgg``), never pyplot:
+no global figure state, no GUI backend, and a notebook's own backend is left alone.
+Each function returns a :class:`Drawing`: the figure plus what it drew (points, lines,
+grid cells) in plain lists, so tests and notebooks can check it without reading pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from clod.reporting.collect import Run
+from clod.reporting.tables import STRATEGY_ORDER, number, run_row
+
+# One marker and colour per strategy, the same in every figure.
+STRATEGY_STYLE: dict[str, tuple[str, str]] = {
+    "naive": ("o", "tab:gray"),
+    "replay": ("s", "tab:orange"),
+    "lwf": ("^", "tab:blue"),
+    "sid": ("D", "tab:green"),
+    "latent": ("*", "tab:red"),
+    "joint": ("P", "black"),
+}
+MAX_LABELLED_RUNS = 6  # per strategy and scenario, in the mAP-vs-memory figure
+OTHER_STYLES = (("v", "tab:purple"), ("X", "tab:brown"), ("h", "tab:pink"), ("<", "tab:olive"))
+
+
+@dataclass
+class Series:
+    """Points or a line of a figure: one strategy's runs, or one run's tasks."""
+
+    label: str
+    scenario: str | None
+    strategy: str | None
+    x: list[float]
+    y: list[float]
+    runs: list[str]
+
+
+@dataclass
+class Grid:
+    """One alpha x beta heatmap: ``values[i][j]`` is the mean final mAP50 of the runs with
+    ``alphas[i]`` and ``betas[j]`` (None where no finished run has that pair)."""
+
+    scenario: str | None
+    strategy: str | None
+    alphas: list[float]
+    betas: list[float]
+    values: list[list[float | None]]
+
+
+@dataclass
+class Drawing:
+    name: str  # the PNG's file name without .png
+    figure: Figure
+    series: list[Series] = field(default_factory=list)
+    grids: list[Grid] = field(default_factory=list)
+
+
+def strategy_style(strategy: str | None, others: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    if strategy in STRATEGY_STYLE:
+        return STRATEGY_STYLE[strategy]
+    key = str(strategy)
+    if key not in others:
+        others[key] = OTHER_STYLES[len(others) % len(OTHER_STYLES)]
+    return others[key]
+
+
+def weights_label(run: Run) -> str:
+    """ "α=1 β=2" for a run with strategy weights, else its directory."""
+    parts = [
+        f"{greek}={number(v)}" for greek, v in (("α", run.alpha), ("β", run.beta)) if v is not None
+    ]
+    return " ".join(parts) or run.name
+
+
+def _strategy_rank(strategy: str | None) -> tuple[int, str]:
+    name = strategy or ""
+    return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
+
+
+def _panels(count: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
+    columns = min(count, 3)
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(rows, columns, squeeze=False)
+    axes = [ax for line in grid for ax in line]
+    for unused in axes[count:]:
+        unused.set_visible(False)
+    return figure, axes[:count]
+
+
+def _finished(runs: Sequence[Run]) -> list[Run]:
+    return [run for run in runs if run.finished and run.summary is not None]
+
+
+def _final(run: Run, key: str) -> float | None:
+    """A final metric or memory figure, as the table shows it."""
+    value = run_row(run)[key]
+    return None if value is None else float(value)
+
+
+def _by_scenario(runs: Sequence[Run]) -> dict[str | None, list[Run]]:
+    grouped: dict[str | None, list[Run]] = defaultdict(list)
+    for run in runs:
+        grouped[run.scenario].append(run)
+    return dict(sorted(grouped.items(), key=lambda item: str(item[0])))
+
+
+def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
+    """Final mAP50 against the parameters held in memory, one point per finished run and
+    one marker per strategy; a panel per scenario. None when no run has finished."""
+    plotted = [run for run in _finished(runs) if _final(run, "params_held") is not None]
+    scenarios = _by_scenario(plotted)
+    if not scenarios:
+        return None
+    figure, axes = _panels(len(scenarios))
+    drawing = Drawing("map_vs_memory", figure)
+    others: dict[str, tuple[str, str]] = {}
+    for ax, (scenario, in_scenario) in zip(axes, scenarios.items(), strict=True):
+        strategies = sorted({run.strategy for run in in_scenario}, key=_strategy_rank)
+        for strategy in strategies:
+            chosen = [run for run in in_scenario if run.strategy == strategy]
+            x = [(_final(run, "params_held") or 0.0) / 1e6 for run in chosen]
+            y = [_final(run, "map50") or 0.0 for run in chosen]
+            marker, colour = strategy_style(strategy, others)
+            ax.scatter(x, y, marker=marker, color=colour, s=70, label=strategy, alpha=0.85)
+            # Tell apart a strategy's runs; past a handful the labels only pile up (the
+            # table and the heatmap say which run is which).
+            if 1 < len(chosen) <= MAX_LABELLED_RUNS:
+                for run, px, py in zip(chosen, x, y, strict=True):
+                    ax.annotate(
+                        weights_label(run),
+                        (px, py),
+                        xytext=(4, 3),
+                        textcoords="offset points",
+                        fontsize=7,
+                    )
+            drawing.series.append(
+                Series(str(strategy), scenario, strategy, x, y, [r.name for r in chosen])
+            )
+        ax.set(
+            xlabel="parameters held in memory (M)",
+            ylabel="final mAP50",
+            title=f"mAP vs memory: {scenario}",
+        )
+        ax.margins(x=0.15)  # room for the labels of the rightmost points
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return drawing
+
+
+def plot_map_per_task(runs: Sequence[Run]) -> Drawing | None:
+    """mAP50 on the seen classes after each task: a panel per scenario and strategy, a
+    line per finished run. None when no run has finished."""
+    finished = _finished(runs)
+    panels = sorted(
+        {(run.scenario, run.strategy) for run in finished},
+        key=lambda key: (str(key[0]), _strategy_rank(key[1])),
+    )
+    if not panels:
+        return None
+    figure, axes = _panels(len(panels), width=4.5, height=3.5)
+    drawing = Drawing("map_per_task", figure)
+    for ax, (scenario, strategy) in zip(axes, panels, strict=True):
+        chosen = [run for run in finished if (run.scenario, run.strategy) == (scenario, strategy)]
+        for run in chosen:
+            x = [int(row["task"]) for row in run.rows]
+            y = [float(row["map50"]) for row in run.rows]
+            ax.plot(x, y, marker="o", label=weights_label(run))
+            drawing.series.append(Series(weights_label(run), scenario, strategy, x, y, [run.name]))
+        ax.set(xlabel="task", ylabel="mAP50 on seen classes", title=f"{strategy}: {scenario}")
+        ax.set_xticks(sorted({int(row["task"]) for run in chosen for row in run.rows}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return drawing
+
+
+def _weight(value: object) -> float | None:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def alpha_beta_grids(runs: Sequence[Run]) -> list[Grid]:
+    """A grid per scenario and strategy whose finished runs vary both alpha and beta."""
+    cells: dict[tuple[str | None, str | None], dict[tuple[float, float], list[float]]] = (
+        defaultdict(lambda: defaultdict(list))
+    )
+    for run in _finished(runs):
+        alpha, beta = _weight(run.alpha), _weight(run.beta)
+        if alpha is not None and beta is not None:
+            cells[(run.scenario, run.strategy)][(alpha, beta)].append(_final(run, "map50") or 0.0)
+    grids = []
+    for (scenario, strategy), values in sorted(
+        cells.items(), key=lambda i: (str(i[0][0]), _strategy_rank(i[0][1]))
+    ):
+        alphas = sorted({a for a, _ in values})
+        betas = sorted({b for _, b in values})
+        if len(alphas) < 2 or len(betas) < 2:
+            continue
+        table = [
+            [sum(values[(a, b)]) / len(values[(a, b)]) if (a, b) in values else None for b in betas]
+            for a in alphas
+        ]
+        grids.append(Grid(scenario, strategy, alphas, betas, table))
+    return grids
+
+
+def plot_alpha_beta(runs: Sequence[Run]) -> Drawing | None:
+    """Heatmaps of final mAP50 over alpha (rows) x beta (columns); None when no strategy
+    of the sweep varies both."""
+    grids = alpha_beta_grids(runs)
+    if not grids:
+        return None
+    figure, axes = _panels(len(grids), width=4.5, height=4.0)
+    drawing = Drawing("alpha_beta", figure, grids=grids)
+    for ax, grid in zip(axes, grids, strict=True):
+        data = [[math.nan if v is None else v for v in row] for row in grid.values]
+        image = ax.imshow(data, cmap="viridis", origin="lower", aspect="auto")
+        for i, row in enumerate(grid.values):
+            for j, value in enumerate(row):
+                # Dark text on the bright (high) end of viridis, light text elsewhere.
+                bright = value is not None and image.norm(value) > 0.6
+                text = "-" if value is None else f"{value:.3f}"
+                ax.text(j, i, text, ha="center", va="center", color="black" if bright else "white")
+        ax.set_xticks(range(len(grid.betas)), [number(b) for b in grid.betas])
+        ax.set_yticks(range(len(grid.alphas)), [number(a) for a in grid.alphas])
+        ax.set(
+            xlabel="beta", ylabel="alpha", title=f"final mAP50: {grid.strategy}, {grid.scenario}"
+        )
+        figure.colorbar(image, ax=ax, shrink=0.8)
+    return drawing
+
+
+def all_drawings(runs: Sequence[Run]) -> list[Drawing]:
+    """Every figure the sweep has data for."""
+    drawn = (plot_map_vs_memory(runs), plot_map_per_task(runs), plot_alpha_beta(runs))
+    return [drawing for drawing in drawn if drawing is not None]
+
+
+def save_png(figure: Figure, path: Path, dpi: int = 120) -> None:
+    """Write the PNG next to its final name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
