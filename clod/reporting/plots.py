@@ -163,26 +163,37 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
 
 
 def plot_map_per_task(runs: Sequence[Run]) -> Drawing | None:
-    """mAP50 on the seen classes after each task: a panel per scenario and strategy, a
-    line per finished run. None when no run has finished."""
+    """mAP50 on the seen classes after each task, as the seed's left figure: a panel per
+    scenario on a shared 0-1 axis, a line per finished run in its strategy's colour and
+    marker. A single-task run (joint) is the upper bound: a dashed level across the panel.
+    None when no run has finished."""
     finished = _finished(runs)
-    panels = sorted(
-        {(run.scenario, run.strategy) for run in finished},
-        key=lambda key: (str(key[0]), _strategy_rank(key[1])),
-    )
-    if not panels:
+    scenarios = sorted({run.scenario for run in finished}, key=str)
+    if not scenarios:
         return None
-    figure, axes = _panels(len(panels), width=4.5, height=3.5)
+    figure, axes = _panels(len(scenarios), width=5.5, height=4.0)
     drawing = Drawing("map_per_task", figure)
-    for ax, (scenario, strategy) in zip(axes, panels, strict=True):
-        chosen = [run for run in finished if (run.scenario, run.strategy) == (scenario, strategy)]
+    others: dict[str, tuple[str, str]] = {}
+    for ax, scenario in zip(axes, scenarios, strict=True):
+        chosen = sorted(
+            (run for run in finished if run.scenario == scenario),
+            key=lambda run: (_strategy_rank(run.strategy), run.name),
+        )
+        last_task = max(int(row["task"]) for run in chosen for row in run.rows)
         for run in chosen:
             x = [int(row["task"]) for row in run.rows]
             y = [float(row["map50"]) for row in run.rows]
-            ax.plot(x, y, marker="o", label=weights_label(run))
-            drawing.series.append(Series(weights_label(run), scenario, strategy, x, y, [run.name]))
-        ax.set(xlabel="task", ylabel="mAP50 on seen classes", title=f"{strategy}: {scenario}")
-        ax.set_xticks(sorted({int(row["task"]) for run in chosen for row in run.rows}))
+            marker, colour = strategy_style(run.strategy, others)
+            weights = weights_label(run)
+            label = str(run.strategy) if weights == run.name else f"{run.strategy} {weights}"
+            if len(x) == 1 and last_task > 0:
+                ax.plot([0, last_task], [y[0], y[0]], linestyle="--", color=colour, label=label)
+            else:
+                ax.plot(x, y, marker=marker, color=colour, label=label)
+            drawing.series.append(Series(label, scenario, run.strategy, x, y, [run.name]))
+        ax.set(xlabel="after task", ylabel="mAP50 on seen classes", title=str(scenario))
+        ax.set_xticks(range(last_task + 1))
+        ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return drawing
