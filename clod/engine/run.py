@@ -25,7 +25,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +33,7 @@ from clod.data.build import build_experiment_tasks
 from clod.data.scenario import Scenario
 from clod.data.tasks import Task
 from clod.engine.base_cache import BaseModelCache
+from clod.engine.checkpointing import EpochCheckpoint
 from clod.engine.cost import training_step_conv_macs
 from clod.engine.data import eval_loader, train_loader
 from clod.engine.io import save_torch
@@ -91,13 +91,7 @@ def make_trainer(
     cfg: Mapping[str, Any], task: Task, output_dir: Path, loggers: list[Any], epochs: int
 ) -> pl.Trainer:
     hardware, trainer_cfg = cfg["hardware"], cfg["trainer"]
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints" / f"task_{task.index}",
-        save_last=True,
-        save_top_k=0,
-        every_n_epochs=1,
-        enable_version_counter=False,
-    )
+    checkpoint = EpochCheckpoint(output_dir / "checkpoints" / f"task_{task.index}")
     # Under SLURM (submitit runs one copy of the job per task through srun), requeueing
     # belongs to submitit: Lightning must not install its own SIGUSR1 handler that
     # checkpoints and calls `scontrol requeue` (ecosystem.md §3).

@@ -106,6 +106,13 @@ def _finished(runs: Sequence[Run]) -> list[Run]:
     return [run for run in runs if run.finished and run.summary is not None]
 
 
+def held_memory_mb(run: Run) -> float:
+    """Parameters held at 4 bytes each plus the replay buffer's bytes, in MB (10^6 bytes)."""
+    parameters = _final(run, "params_held") or 0.0
+    buffer = _final(run, "buffer_bytes") or 0.0
+    return (4 * parameters + buffer) / 1e6
+
+
 def _final(run: Run, key: str) -> float | None:
     """A final metric or memory figure, as the table shows it."""
     value = run_row(run)[key]
@@ -120,8 +127,10 @@ def _by_scenario(runs: Sequence[Run]) -> dict[str | None, list[Run]]:
 
 
 def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
-    """Final mAP50 against the parameters held in memory, one point per finished run and
-    one marker per strategy; a panel per scenario. None when no run has finished."""
+    """Final mAP50 against the memory a strategy holds while training, one point per
+    finished run and one marker per strategy; a panel per scenario. None when no run has
+    finished. Memory is what the seed's figure compares: the parameters held (a shared
+    backbone once, a teacher's copy included) as float32 plus the replay buffer's images."""
     plotted = [run for run in _finished(runs) if _final(run, "params_held") is not None]
     scenarios = _by_scenario(plotted)
     if not scenarios:
@@ -133,7 +142,7 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
         strategies = sorted({run.strategy for run in in_scenario}, key=_strategy_rank)
         for strategy in strategies:
             chosen = [run for run in in_scenario if run.strategy == strategy]
-            x = [(_final(run, "params_held") or 0.0) / 1e6 for run in chosen]
+            x = [held_memory_mb(run) for run in chosen]
             y = [_final(run, "map50") or 0.0 for run in chosen]
             marker, colour = strategy_style(strategy, others)
             ax.scatter(x, y, marker=marker, color=colour, s=70, label=strategy, alpha=0.85)
@@ -152,7 +161,7 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
                 Series(str(strategy), scenario, strategy, x, y, [r.name for r in chosen])
             )
         ax.set(
-            xlabel="parameters held in memory (M)",
+            xlabel="memory held: float32 parameters + replay buffer (MB)",
             ylabel="final mAP50",
             title=f"mAP vs memory: {scenario}",
         )

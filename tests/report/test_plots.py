@@ -29,7 +29,8 @@ def test_map_vs_memory_has_one_point_per_finished_run(sweep: Sweep) -> None:
     assert set(points) == set(sweep.finished)
     for run, (x, y) in points.items():
         summary = read_summary(sweep, run)
-        assert x == pytest.approx(summary["memory"]["params_held"] / 1e6)
+        memory = summary["memory"]
+        assert x == pytest.approx((4 * memory["params_held"] + memory["buffer_bytes"]) / 1e6)
         assert y == summary["final"]["map50"]
     assert [s.strategy for s in drawing.series] == ["lwf", "sid"]  # one marker per strategy
     drawn = sum(len(c.get_offsets()) for ax in drawing.figure.axes for c in ax.collections)
