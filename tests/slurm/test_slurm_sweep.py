@@ -356,3 +356,43 @@ def test_a_job_that_fails_at_runtime_is_recorded_as_failed(
     assert listed["0"]["status"] == "done" and listed["0"]["error"] == ""
     assert listed["1"]["status"] == "failed"
     assert listed["1"]["error"] == "ValueError: Invalid learning rate: -1"
+
+
+def test_ddp_job_runs_one_rank_per_slurm_task_and_evaluates_like_one_process(
+    slurm_cluster: SlurmCluster, data_dir: Path, tmp_path: Path
+) -> None:
+    """hardware.devices=2 under SLURM: srun starts two tasks (tasks_per_node follows
+    devices), Lightning's SLURMEnvironment makes them ranks 0 and 1 of one gloo group."""
+    sweep_dir = tmp_path / "ddp"
+    command = slurm_sweep(
+        sweep_dir,
+        "hardware.devices=2",
+        "hardware.strategy=ddp",
+        "strategy=joint",  # one task of all four classes
+        "strategy.epochs=30",
+        "data.batch_size=4",
+        f"base_cache.dir={tmp_path / 'base_cache'}",
+    )
+    result = run(command, slurm_cluster.env(CLOD_DATA_DIR=str(data_dir)), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job_dir,) = job_dirs(sweep_dir)
+    job_id = hydra_job_id(job_dir)
+    logs = sweep_dir / ".submitit" / job_id
+    for task in (0, 1):  # one submitit task (one rank) per SLURM task
+        assert (logs / f"{job_id}_{task}_log.out").is_file(), sorted(logs.iterdir())
+    assert slurm_cluster.final_state(job_id) == "COMPLETED"
+
+    (row,) = read_rows(job_dir / "results.csv")  # rank 1 wrote no row of its own
+    # 40 training images, 4 per batch and rank, 30 epochs: 5 steps per epoch with two ranks
+    # (10 with one process), so the gradients really were averaged over a world of two.
+    assert int(row["train_images"]) == 40 and int(row["steps"]) == 30 * 40 // (2 * 4)
+    assert float(row["map50"]) > 0.05, "the tiny model should have learnt something"
+    evaluation = run(
+        [sys.executable, "-m", "clod.evaluate", f"run={job_dir}", "task=0"],
+        {**slurm_cluster.env(CLOD_DATA_DIR=str(data_dir))},
+        timeout=300,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr
+    printed = json.loads(evaluation.stdout.splitlines()[-1])
+    for metric in ("map", "map50", "map50_voc07"):
+        assert printed[metric] == pytest.approx(float(row[metric]), abs=1e-9), metric
