@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -44,6 +45,40 @@ def run_train(
         timeout=timeout,
     )
     return result
+
+
+def run_sweep(
+    sweep_dir: Path, data_dir: Path, *overrides: str, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """A multirun (``-m``) of the tiny experiment into ``sweep_dir``."""
+    command = [
+        sys.executable, "-m", "clod.train", "-m", "experiment=smoke",
+        f"hydra.sweep.dir={sweep_dir}", f"base_cache.dir={sweep_dir.parent / 'base_cache'}",
+        "trainer.enable_progress_bar=false", *overrides,
+    ]  # fmt: skip
+    return subprocess.run(
+        command, cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def wandb_inspect(run_path: Path, *flags: str) -> str:
+    """``wandb leet inspect --json``: an offline run read back by W&B's own reader."""
+    result = subprocess.run(
+        ["wandb", "leet", "inspect", *flags, "--json", str(run_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def wandb_run_record(run_dir: Path) -> dict:
+    """The run record (name, group, job type, ...) of the one offline W&B run of a run dir."""
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
+    (run,) = [r["run"] for r in records if r.get("type") == "run"]
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine.conftest import ROOT, clod_env, run_train, train_command
+from tests.engine.conftest import (
+    ROOT,
+    clod_env,
+    run_sweep,
+    run_train,
+    train_command,
+    wandb_inspect,
+    wandb_run_record,
+)
 
 METRIC_COLUMNS = ["task", "classes", "train_images", "eval_images", "map", "map50", "map75",
                   "map50_voc07", "map50_voc", "old/map50", "new/map50", "steps", "params_held"]  # fmt: skip
@@ -132,17 +140,6 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) 
     assert json.loads((run_dir / "state.json").read_text())["attempts"] == 2
 
 
-def wandb_inspect(run_path: Path, *flags: str) -> str:
-    result = subprocess.run(
-        ["wandb", "leet", "inspect", *flags, "--json", str(run_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_wandb_offline_run_holds_config_task_metrics_and_summary(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -178,30 +175,19 @@ def test_wandb_runs_of_a_sweep_share_its_group_and_name_their_strategy(
     tmp_path: Path, data_dir: Path
 ) -> None:
     sweep_dir = tmp_path / "lwf_vs_naive"
-    command = [
-        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "logger=wandb",
-        "strategy=naive,lwf", "trainer.epochs=1", f"hydra.sweep.dir={sweep_dir}",
-        f"base_cache.dir={tmp_path / 'base_cache'}", "trainer.enable_progress_bar=false",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=600
+    result = run_sweep(
+        sweep_dir, data_dir, "logger=wandb", "strategy=naive,lwf", "trainer.epochs=1"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = {}
-    for job in ("0", "1"):
-        (wandb_run,) = (sweep_dir / job / "wandb").glob("offline-run-*")
-        records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
-        (run,) = [r["run"] for r in records if r.get("type") == "run"]
-        seen[job] = (run["run_group"], run["job_type"])
-    assert seen == {"0": ("lwf_vs_naive", "naive"), "1": ("lwf_vs_naive", "lwf")}
-
+    seen = {job: wandb_run_record(sweep_dir / job) for job in ("0", "1")}
+    assert {job: (run["run_group"], run["job_type"]) for job, run in seen.items()} == {
+        "0": ("lwf_vs_naive", "naive"),
+        "1": ("lwf_vs_naive", "lwf"),
+    }
     # a single run belongs to no group
     single = tmp_path / "single"
     assert run_train(single, data_dir, "logger=wandb", "trainer.epochs=1").returncode == 0
-    (wandb_run,) = (single / "wandb").glob("offline-run-*")
-    records = [json.loads(line) for line in wandb_inspect(wandb_run).splitlines() if line]
-    (run,) = [r["run"] for r in records if r.get("type") == "run"]
-    assert not run.get("run_group")
+    assert not wandb_run_record(single).get("run_group")
 
 
 def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(
@@ -209,13 +195,8 @@ def test_a_failing_sweep_job_is_recorded_and_the_others_still_run(
 ) -> None:
     """A user error inside one job of a multirun must not end the sweep (an exit would)."""
     sweep_dir = tmp_path / "sweep"
-    command = [
-        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "strategy=lwf",
-        "strategy.frozen_bn=bogus,eval", "trainer.epochs=1", f"hydra.sweep.dir={sweep_dir}",
-        f"base_cache.dir={tmp_path / 'base_cache'}", "trainer.enable_progress_bar=false",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, env=clod_env(data_dir), capture_output=True, text=True, timeout=600
+    result = run_sweep(
+        sweep_dir, data_dir, "strategy=lwf", "strategy.frozen_bn=bogus,eval", "trainer.epochs=1"
     )
     assert result.returncode != 0  # the sweep reports its failure ...
     assert "error: strategy.frozen_bn must be eval or train, got 'bogus'" in result.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from clod.report import hydra_style_to_flags
-from tests.engine.conftest import ROOT, clod_env
+from tests.engine.conftest import ROOT, clod_env, wandb_inspect
 from tests.report.conftest import Sweep
 
 FIGURES = ("map_vs_memory.png", "map_per_task.png", "alpha_beta.png")
@@ -75,17 +75,6 @@ def test_hydra_style_logger_arguments_map_to_flags() -> None:
     assert hydra_style_to_flags(["d", "logger=csv"]) == ["d"]
 
 
-def inspect(run_dir: Path, *flags: str) -> str:
-    result = subprocess.run(
-        ["wandb", "leet", "inspect", *flags, "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
 def test_wandb_offline_run_of_job_type_report(sweep: Sweep, tmp_path: Path) -> None:
     wandb_dir = tmp_path / "wandb_dir"
     wandb_dir.mkdir()
@@ -101,7 +90,7 @@ def test_wandb_offline_run_of_job_type_report(sweep: Sweep, tmp_path: Path) -> N
     (run_dir,) = wandb_dir.glob("wandb/offline-run-*")
     assert f"W&B run in {run_dir}" in result.stdout
 
-    summary = json.loads(inspect(run_dir, "--summary"))
+    summary = json.loads(wandb_inspect(run_dir, "--summary"))
     assert summary["project"] == "clod-test" and summary["state"] == "finished"
     assert summary["config"]["sweep_dir"] == str(sweep.root)
     assert summary["summary"]["runs/total"] == len(sweep.all_runs)
@@ -111,7 +100,7 @@ def test_wandb_offline_run_of_job_type_report(sweep: Sweep, tmp_path: Path) -> N
     for figure in FIGURES:
         assert summary["summary"][f"report/{figure.removesuffix('.png')}"]["_type"] == "image-file"
 
-    records = [json.loads(line) for line in inspect(run_dir).splitlines()]
+    records = [json.loads(line) for line in wandb_inspect(run_dir).splitlines()]
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     assert run["job_type"] == "report"
     assert run["run_group"] == sweep.root.name  # the sweep's group, as its training runs
