@@ -26,6 +26,7 @@ from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.head import HeadOutput
 from clod.strategies.base import Strategy
+from clod.utils.signals import deferred_signals
 
 if TYPE_CHECKING:
     from clod.engine.module import CLODModule
@@ -69,8 +70,12 @@ def tower_feature_mse(
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with no gradients, in eval mode (what ``CLODModule.set_teacher`` expects)."""
-    teacher = copy.deepcopy(module)
+    """A deep copy with no gradients, in eval mode (what ``CLODModule.set_teacher`` expects).
+
+    A stop signal arriving during the copy is delivered after it (see clod.utils.signals).
+    """
+    with deferred_signals():
+        teacher = copy.deepcopy(module)
     teacher.requires_grad_(False)
     return teacher.eval()
 
