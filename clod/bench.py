@@ -272,17 +272,21 @@ def flop_counter() -> FlopCounterMode:
     )
 
 
+def conv_flops(counter: FlopCounterMode) -> int:
+    """The FLOPs a counter attributed to convolutions (forward and backward)."""
+    return sum(
+        count
+        for op, count in counter.get_flop_counts()["Global"].items()
+        if "convolution" in str(op)
+    )
+
+
 def forward_flops(detector: nn.Module, images: torch.Tensor) -> tuple[int, int]:
     """(FLOPs, conv MACs) of one forward pass, counted on the un-fused model."""
     counter = flop_counter()
     with torch.no_grad(), counter:
         detector(images)
-    conv_flops = sum(
-        count
-        for op, count in counter.get_flop_counts()["Global"].items()
-        if "convolution" in str(op)
-    )
-    return counter.get_total_flops(), conv_flops // 2
+    return counter.get_total_flops(), conv_flops(counter) // 2
 
 
 def step_conv_macs_per_image(loss: LossFn, batch: Batch) -> int:
@@ -294,12 +298,7 @@ def step_conv_macs_per_image(loss: LossFn, batch: Batch) -> int:
     counter = flop_counter()
     with torch.no_grad(), counter:
         loss(batch)
-    conv_flops = sum(
-        count
-        for op, count in counter.get_flop_counts()["Global"].items()
-        if "convolution" in str(op)
-    )
-    return conv_flops // 2 // batch.images.shape[0]
+    return conv_flops(counter) // 2 // batch.images.shape[0]
 
 
 def train_step_flops(step: Callable[[], object]) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from clod.errors import ClodError
+from clod.utils.hydra_runtime import sweep_dir
 
 log = logging.getLogger("clod")
 
@@ -49,15 +50,8 @@ def user_errors() -> Iterator[None]:
         )
 
 
-def in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _fail(message: str, error: BaseException) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if in_multirun():
+    if sweep_dir() is not None:
         raise error
     sys.exit(EXIT_USER_ERROR)

@@ -19,6 +19,8 @@ from typing import Any
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from clod.utils.hydra_runtime import sweep_dir
+
 log = logging.getLogger(__name__)
 
 WANDB_HOST = "api.wandb.ai"
@@ -32,19 +34,6 @@ def wandb_credentials_configured() -> bool:
         return netrc.netrc().authenticators(WANDB_HOST) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
-
-
-def sweep_name() -> str | None:
-    """The name of the Hydra sweep this job belongs to (its directory's name), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return None
-    return Path(str(hydra_cfg.sweep.dir)).name or None
 
 
 def make_wandb_logger(
@@ -66,7 +55,8 @@ def make_wandb_logger(
     directory (``hydra.sweep.dir=outputs/multirun/lwf_alpha`` -> ``lwf_alpha``), so the
     sweep's runs plot together; a single run has no group.
     """
-    group = group or sweep_name()
+    sweep = sweep_dir()
+    group = group or (sweep.name if sweep is not None else None)
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:
         mode = env_mode

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,22 @@ def run_train(
         timeout=timeout,
     )
     return result
+
+
+def kill_when_exists(run_dir: Path, data_dir: Path, marker: Path, *overrides: str) -> None:
+    """Start a run and SIGKILL it (a real signal) as soon as ``marker`` exists."""
+    process = subprocess.Popen(
+        train_command(run_dir, *overrides),
+        cwd=ROOT,
+        env=clod_env(data_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
 
 
 def run_sweep(

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ import torch
 from tests.engine.conftest import (
     ROOT,
     clod_env,
+    kill_when_exists,
     run_sweep,
     run_train,
-    train_command,
     wandb_inspect,
     wandb_run_record,
 )
@@ -102,20 +100,9 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) 
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     run_dir = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        train_command(run_dir, *overrides),
-        cwd=ROOT,
-        env=clod_env(data_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     # Kill it with a real SIGKILL once task 2 (index 1) has saved its first epoch.
     marker = run_dir / "checkpoints" / "task_1" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_when_exists(run_dir, data_dir, marker, *overrides)
     state = json.loads((run_dir / "state.json").read_text())
     assert state["tasks_done"] == [0], "the kill must land in the middle of task 2"
     # ... after an epoch of it and before its last: the resume continues the task mid-way

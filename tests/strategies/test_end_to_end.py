@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.engine.conftest import ROOT, clod_env, run_train, train_command
+from tests.engine.conftest import kill_when_exists, run_train
 from tests.strategies.conftest import build_model
 
 STRATEGIES = ["replay", "lwf", "sid", "latent"]  # the first one trains task 0, the rest reuse it
@@ -126,20 +123,8 @@ def test_killed_run_resumes_to_the_same_weights(
     name: str, runs: dict[str, Path], data_dir: Path
 ) -> None:
     run_dir = runs[name].parent / f"{name}_killed"
-    command = train_command(run_dir, f"strategy={name}", *OVERRIDES)
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=clod_env(data_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     marker = run_dir / "checkpoints" / "task_1" / "last.ckpt"  # task 2 saved an epoch
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_when_exists(run_dir, data_dir, marker, f"strategy={name}", *OVERRIDES)
     state = json.loads((run_dir / "state.json").read_text())
     assert state["tasks_done"] == [0], "the kill must land in the middle of task 2"
 
