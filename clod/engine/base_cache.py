@@ -49,9 +49,9 @@ from typing import Any
 import torch
 
 from clod.data.tasks import Task
-from clod.engine.io import read_json, save_torch, write_json
-from clod.engine.state import result_config
 from clod.strategies.base import Strategy
+from clod.utils.io import read_json, save_torch, write_json
+from clod.utils.run_config import result_config
 
 log = logging.getLogger(__name__)
 

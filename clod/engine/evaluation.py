@@ -10,10 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 from clod.data.build import load_splits
+from clod.data.loaders import eval_loader
 from clod.data.scenario import resolve_scenario
 from clod.data.tasks import relabel, select_images
 from clod.data.types import Batch, ImageRecord
-from clod.engine.data import eval_loader
 from clod.errors import ConfigError, DataError
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.metrics.files import result_to_json

@@ -10,7 +10,6 @@ table, and the summary keys that the W&B scatter panel plots (mAP against memory
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,20 +19,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from clod.utils.hydra_runtime import sweep_dir
+from clod.utils.wandb_auth import wandb_credentials_configured
 
 log = logging.getLogger(__name__)
-
-WANDB_HOST = "api.wandb.ai"
-
-
-def wandb_credentials_configured() -> bool:
-    """True when an API key is in the environment or in ~/.netrc (``wandb login``)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
 
 
 def make_wandb_logger(

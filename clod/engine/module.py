@@ -33,6 +33,7 @@ from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
 from clod.models.head import HeadOutput, NanoDetPlusHead
 from clod.strategies.base import Strategy
+from clod.utils.tensors import count_parameters, float32
 
 TEACHER_PREFIX = "teacher."
 
@@ -47,18 +48,6 @@ class NeckHead(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> HeadOutput:
         return self.head(self.neck(features))
-
-
-def float32(like: torch.Tensor) -> torch.autocast:
-    """A region outside mixed precision: box regression, the loss terms and box decoding
-    need float32 (bfloat16's 8-bit mantissa is about one pixel at 320 px)."""
-    return torch.autocast(device_type=like.device.type, enabled=False)
-
-
-def count_parameters(module: nn.Module | None, trainable_only: bool = False) -> int:
-    if module is None:
-        return 0
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 class CLODModule(pl.LightningModule):

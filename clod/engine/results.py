@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from clod.data.tasks import Task
-from clod.engine.io import read_json, write_csv, write_json
 from clod.metrics.continual import summarize_continual
 from clod.metrics.detection import DetectionResult
 from clod.metrics.grouping import mean_over_classes
+from clod.utils.io import read_json, write_csv, write_json
 
 # Headline metric -> the per-class array it averages.
 METRICS: dict[str, str] = {

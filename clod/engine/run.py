@@ -30,13 +30,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from clod.data.build import build_experiment_tasks
+from clod.data.loaders import eval_loader, train_loader
 from clod.data.scenario import Scenario
 from clod.data.tasks import Task
 from clod.engine.base_cache import BaseModelCache
 from clod.engine.checkpointing import EpochCheckpoint
 from clod.engine.cost import training_step_conv_macs
-from clod.engine.data import eval_loader, train_loader
-from clod.engine.io import save_torch
 from clod.engine.loggers import RunLoggers
 from clod.engine.module import CLODModule
 from clod.engine.results import ResultsBook, peak_memory_mb, task_row
@@ -45,6 +44,7 @@ from clod.errors import ConfigError
 from clod.models.detector import Detector, build_detector
 from clod.models.runtime import physical_core_count, tune_cpu_runtime
 from clod.strategies.base import Strategy
+from clod.utils.io import save_torch
 from clod.utils.table import format_table
 
 log = logging.getLogger(__name__)

@@ -15,29 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from clod.engine.io import read_json, write_json
 from clod.errors import ConfigError
-
-# Top-level keys that do not change a run's results.
-NEUTRAL_KEYS = frozenset(
-    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "task_name", "base_cache"}
-)
-NEUTRAL_SUBKEYS = frozenset({"trainer.enable_progress_bar", "data.num_workers"})
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        flat: dict[str, Any] = {}
-        for key, value in data.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: data}
-
-
-def result_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The flattened part of a resolved config that determines the results."""
-    flat = _flatten({k: v for k, v in cfg.items() if k not in NEUTRAL_KEYS})
-    return {k: v for k, v in flat.items() if k not in NEUTRAL_SUBKEYS}
+from clod.utils.io import read_json, write_json
+from clod.utils.run_config import result_config
 
 
 class RunState:

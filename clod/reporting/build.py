@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clod.engine.io import write_text
 from clod.reporting.collect import STATUSES, Run, collect_runs
 from clod.reporting.plots import Drawing, all_drawings, save_png
 from clod.reporting.tables import Row, markdown_problems, markdown_results, run_rows, write_runs_csv
+from clod.utils.io import write_text
 
 REPORT_DIR = "report"
 FIGURE_TITLES = {

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from clod.engine.state import result_config
 from clod.errors import ClodError
+from clod.utils.run_config import result_config
 
 # What a run directory can be, from the files it has.
 DONE = "done"  # summary.json: every task finished

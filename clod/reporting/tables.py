@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from clod.engine.io import write_csv
 from clod.reporting.collect import DONE, Run, natural_key
+from clod.utils.io import write_csv
 
 # The paper's order: fine-tuning, replay, the distillation family, the upper bound.
 STRATEGY_ORDER = ("naive", "replay", "lwf", "sid", "latent", "joint")

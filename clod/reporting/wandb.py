@@ -18,7 +18,7 @@ from clod.reporting.tables import COLUMNS
 
 
 def wandb_mode() -> str:
-    from clod.engine.loggers import wandb_credentials_configured
+    from clod.utils.wandb_auth import wandb_credentials_configured
 
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]

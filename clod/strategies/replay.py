@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import ConcatDataset, DataLoader
 
 from clod.data.dataset import collate
+from clod.data.loaders import train_dataset
 from clod.data.mixing import MixedReplaySampler
 from clod.data.replay import ReplayBuffer
 from clod.data.tasks import Task
-from clod.engine.data import train_dataset
 from clod.errors import ConfigError
 from clod.strategies.base import Strategy
 

@@ -1,0 +1,32 @@
+"""Which keys of a resolved run configuration determine its results.
+
+Keys that only say where or how a run goes (paths, hardware, loggers, Hydra) may change
+between attempts of one run, e.g. when SLURM requeues a job on another node; every other
+key is part of the run's identity (resume refuses a change of them; the report compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Top-level keys that do not change a run's results.
+NEUTRAL_KEYS = frozenset(
+    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "task_name", "base_cache"}
+)
+NEUTRAL_SUBKEYS = frozenset({"trainer.enable_progress_bar", "data.num_workers"})
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}
+
+
+def result_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened part of a resolved config that determines the results."""
+    flat = _flatten({k: v for k, v in cfg.items() if k not in NEUTRAL_KEYS})
+    return {k: v for k, v in flat.items() if k not in NEUTRAL_SUBKEYS}
