@@ -21,15 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from clod.data.classes import VOC_CLASSES
 from clod.data.repairs import BadBoxPolicy, BoxRepairs
 from clod.data.types import ImageRecord, Split
 from clod.errors import DataError
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
 
 
 def read_voc(

@@ -37,9 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,7 +47,7 @@ import torch
 
 from clod.data.tasks import Task
 from clod.strategies.base import Strategy
-from clod.utils.io import read_json, save_torch, write_json
+from clod.utils.io import publish_directory, read_json, save_torch, write_json
 from clod.utils.run_config import result_config
 
 log = logging.getLogger(__name__)
@@ -159,15 +156,8 @@ class BaseModelCache:
 
     def publish(self, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> bool:
         """Publish this run's task-0 model; False when another run published first (or on error)."""
-        if self.path.exists():
-            return False
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{self.key}.", dir=self.root))
-        except OSError as error:
-            log.warning("base-model cache %s is not writable: %s", self.root, error)
-            return False
-        try:
+
+        def fill(staging: Path) -> None:
             save_torch(staging / WEIGHTS_FILE, {k: v.detach().cpu() for k, v in weights.items()})
             record = {
                 **meta,
@@ -176,11 +166,11 @@ class BaseModelCache:
                 "material": self.material,
             }
             write_json(staging / META_FILE, record)
-            os.rename(staging, self.path)  # atomic; fails if another run's entry is there
-            return True
+
+        try:
+            # atomic; any entry already at the key (another run's) wins
+            return publish_directory(self.path, fill)
         except OSError as error:
             if not self.path.exists():
                 log.warning("could not publish the base model to %s: %s", self.path, error)
             return False
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
