@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from clod.benchmarking.flops import conv_flops
 from clod.data.dataset import pad_size
 from clod.data.types import Batch
 
@@ -52,9 +53,4 @@ def training_step_conv_macs(module: CLODModule, input_size: Sequence[int]) -> in
             module.training_losses(batch)
     finally:
         module.train(was_training)
-    conv_flops = sum(
-        count
-        for op, count in counter.get_flop_counts()["Global"].items()
-        if "convolution" in str(op)
-    )
-    return conv_flops // 2
+    return conv_flops(counter) // 2
