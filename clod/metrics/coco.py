@@ -7,9 +7,17 @@ What is handed to COCOeval (ecosystem.md §6):
   an id of 0 as "unmatched");
 - detections with xywh boxes, scores and ``area = w·h``, as ``COCO.loadRes`` would make them;
 - ``params.catIds`` restricted to the evaluated classes and ``params.maxDets = [1, 10, max_det]``
-  (``[1, max_det, max_det]`` below 10).
+  (``[1, max_det, max_det]`` below 10: COCOeval sorts maxDets and caps at the last entry, so
+  ``[1, 10, 2]`` would become ``[1, 2, 10]`` and evaluate 10 detections).
   COCOeval applies that cap per image *and class*; the detector's post-processing applies the
-  per-image cap of 100.
+  per-image cap of ``eval.max_det``.
+
+Every number clod reports with ``max_det = M`` is COCO's figure at maxDets = M: AP (and AP50,
+AP75, the area APs, the per-class APs) from COCOeval's precision at the last maxDets index, the
+recalls at maxDets 1, min(10, M) and M. ``COCOeval.summarize`` cannot be used for that: it reads
+the headline AP at a hard-coded maxDets of 100 (−1 for any other M), so the twelve summary numbers
+are computed here from ``eval["precision"]`` and ``eval["recall"]`` the way summarize averages
+them. With M = 100 they equal ``COCOeval.stats``.
 
 Difficult boxes under the ``ignore`` policy: COCOeval's ``_prepare`` overwrites every GT's
 ``ignore`` flag with ``iscrowd``, so the flag cannot be passed in the annotations. ``_DifficultAwareCOCOeval``
@@ -50,7 +58,7 @@ STATS_NAMES: Final = (
     "map_medium",
     "map_large",
     "mar_1",
-    "mar_10",
+    "mar_10",  # recall at maxDets[1] = min(10, max_det)
     "mar_max_det",  # recall at maxDets[-1] = max_det
     "mar_small",
     "mar_medium",
@@ -62,7 +70,7 @@ STATS_NAMES: Final = (
 class CocoResult:
     """COCOeval's summary and per-class AP, indexed by class; −1 where a class has no positives."""
 
-    stats: dict[str, float]  # STATS_NAMES -> value, as COCOeval.summarize computes them
+    stats: dict[str, float]  # STATS_NAMES -> value, as COCOeval.summarize averages, at max_det
     ap: np.ndarray  # (num_classes,) AP@[.5:.95]
     ap50: np.ndarray  # (num_classes,) AP@.5 (101-point)
     ap75: np.ndarray  # (num_classes,) AP@.75
@@ -104,6 +112,50 @@ def _per_class_ap(precision: np.ndarray, iou_index: slice | int) -> np.ndarray:
     counts = valid.sum(axis=0)
     sums = np.where(valid, selected, 0.0).sum(axis=0)
     return np.where(counts > 0, sums / np.maximum(counts, 1), -1.0)
+
+
+def _iou_index(iou_thresholds: np.ndarray, value: float) -> int:
+    return int(np.flatnonzero(np.isclose(iou_thresholds, value))[0])
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else -1.0
+
+
+def _summary_stats(evaluator: COCOeval) -> dict[str, float]:
+    """COCOeval's twelve summary numbers, each read at a maxDets *index* (see module docstring).
+
+    AP entries use the last maxDets (max_det); the recalls use maxDets[0], [1] and [2].
+    """
+    params = evaluator.params
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
+    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    area = {label: index for index, label in enumerate(params.areaRngLbl)}
+    index_50, index_75 = _iou_index(params.iouThrs, 0.5), _iou_index(params.iouThrs, 0.75)
+    last = len(params.maxDets) - 1
+
+    def ap(iou: slice | int = slice(None), area_label: str = "all") -> float:
+        return _mean_valid(precision[iou, :, :, area[area_label], last])
+
+    def ar(max_dets_index: int, area_label: str = "all") -> float:
+        return _mean_valid(recall[:, :, area[area_label], max_dets_index])
+
+    values = (
+        ap(),
+        ap(index_50),
+        ap(index_75),
+        ap(area_label="small"),
+        ap(area_label="medium"),
+        ap(area_label="large"),
+        ar(0),
+        ar(1),
+        ar(last),
+        ar(last, "small"),
+        ar(last, "medium"),
+        ar(last, "large"),
+    )
+    return dict(zip(STATS_NAMES, values, strict=True))
 
 
 def evaluate_coco(
@@ -178,21 +230,18 @@ def evaluate_coco(
 
     evaluator = _DifficultAwareCOCOeval(coco_gt, coco_dt, ignore_difficult=difficult == "ignore")
     evaluator.params.catIds = [int(c) for c in evaluated]
-    # COCOeval sorts maxDets and reads the headline AP at maxDets[2]; keep max_det last even when
-    # it is below 10.
+    # COCOeval sorts maxDets and caps each image and class at the last entry; keep max_det last
+    # even when it is below 10.
     evaluator.params.maxDets = [1, min(10, int(max_det)), int(max_det)]
-    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints progress and the table
+    with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints progress
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
 
     precision = evaluator.eval["precision"]
     iou_thresholds = evaluator.params.iouThrs
-    index_50 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.5))[0])
-    index_75 = int(np.flatnonzero(np.isclose(iou_thresholds, 0.75))[0])
+    index_50, index_75 = _iou_index(iou_thresholds, 0.5), _iou_index(iou_thresholds, 0.75)
     ap, ap50, ap75 = no_result, no_result.copy(), no_result.copy()
     ap[evaluated] = _per_class_ap(precision, slice(None))
     ap50[evaluated] = _per_class_ap(precision, index_50)
     ap75[evaluated] = _per_class_ap(precision, index_75)
-    stats = {name: float(value) for name, value in zip(STATS_NAMES, evaluator.stats, strict=True)}
-    return CocoResult(stats=stats, ap=ap, ap50=ap50, ap75=ap75)
+    return CocoResult(stats=_summary_stats(evaluator), ap=ap, ap50=ap50, ap75=ap75)

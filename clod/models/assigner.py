@@ -3,11 +3,24 @@
 Images with different GT counts are padded to the largest count with ``gt_valid`` masking
 the padding, so one call assigns the whole batch without a Python loop over images,
 GTs or priors.
+
+Conflicts (a prior among the dynamic-k picks of several GTs) are resolved by ``multi_match``:
+
+* ``"all_gts"`` (default, upstream NanoDet-Plus): the prior goes to the argmin of its cost over
+  **every** GT of the image. The cost is finite for every (candidate, GT) pair — a GT that does
+  not contain the prior's centre only has a large IoU/class cost, never an infinite one — so the
+  winner can be a GT that did not pick the prior at all; that GT then gains a positive and the
+  GTs that picked it lose it. Only image padding has an infinite cost, so it never wins.
+* ``"selecting_gts"`` (clod's earlier rule, kept for comparison and for reproducing runs made
+  with it): the argmin over the GTs that picked the prior only, so a positive always belongs to
+  a GT that selected it — the literal reading of spec §7 step 4.
+
+A prior picked by exactly one GT keeps that GT under both rules.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +30,16 @@ from clod.models.boxes import pairwise_iou
 TOPK = 13
 IOU_FACTOR = 3.0
 IOU_COST_EPS = 1e-7
+MultiMatch = Literal["all_gts", "selecting_gts"]
+MULTI_MATCH_RULES: tuple[str, ...] = get_args(MultiMatch)
+DEFAULT_MULTI_MATCH: MultiMatch = "all_gts"
+
+
+def check_multi_match(rule: str) -> MultiMatch:
+    """``rule`` if it names a conflict rule (see the module docstring), else ``ValueError``."""
+    if rule not in MULTI_MATCH_RULES:
+        raise ValueError(f"multi_match must be one of {MULTI_MATCH_RULES}, got {rule!r}")
+    return rule  # type: ignore[return-value]
 
 
 class Assignment(NamedTuple):
@@ -50,6 +73,7 @@ def assign(
     gt_valid: torch.Tensor,
     topk: int = TOPK,
     iou_factor: float = IOU_FACTOR,
+    multi_match: MultiMatch = DEFAULT_MULTI_MATCH,
 ) -> Assignment:
     """Assign priors to GTs by dynamic-k lowest cost.
 
@@ -60,7 +84,9 @@ def assign(
         gt_boxes: (B, G, 4) padded GT boxes.
         gt_labels: (B, G) padded GT labels (any value where invalid).
         gt_valid: (B, G) bool, False for padding.
+        multi_match: how a prior picked by several GTs chooses one (module docstring).
     """
+    check_multi_match(multi_match)
     batch, num_priors, _ = cls_logits.shape
     device = cls_logits.device
     negative = Assignment(
@@ -124,9 +150,13 @@ def assign(
     matched = torch.zeros_like(usable)
     matched.scatter_(1, lowest, rank < dynamic_k[:, None, :])
 
-    # A prior matched by several GTs keeps the cheapest one.
+    # A prior matched by one GT keeps it; one matched by several keeps the cheapest GT among
+    # those ("selecting_gts") or among all GTs ("all_gts"; only padding is inf for a candidate).
+    num_matches = matched.sum(dim=2)
+    positive = num_matches > 0
     gt_index = cost.masked_fill(~matched, float("inf")).argmin(dim=2)
-    positive = matched.any(dim=2)
+    if multi_match == "all_gts":
+        gt_index = torch.where(num_matches > 1, cost.argmin(dim=2), gt_index)
     gt_index = torch.where(positive, gt_index, 0)
     iou = torch.where(positive, ious.gather(2, gt_index[..., None]).squeeze(2), 0.0)
     return Assignment(positive=positive, gt_index=gt_index, iou=iou.to(negative.iou.dtype))

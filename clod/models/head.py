@@ -12,13 +12,13 @@ Conventions used by every method:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from clod.models.assigner import assign
+from clod.models.assigner import assign, check_multi_match
 from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box, warp_boxes
 from clod.models.layers import DWConvModule
 from clod.models.losses import (
@@ -26,6 +26,7 @@ from clod.models.losses import (
     GIOU_WEIGHT,
     QFL_WEIGHT,
     avg_factor,
+    dfl_targets,
     distribution_focal_loss,
     giou_loss,
     quality_focal_loss,
@@ -35,7 +36,7 @@ from clod.models.nms import batched_nms
 PRIOR_PROB = 0.01
 # log(0.01 / 0.99) rounded the way the spec states it, so every class starts at σ ≈ 0.01.
 CLS_BIAS_INIT = -4.595
-DFL_TARGET_MAX = 6.9  # keeps ⌊t⌋ + 1 ≤ reg_max
+ASSIGNER_KEYS = ("topk", "iou_factor", "multi_match")
 
 
 class HeadOutput(NamedTuple):
@@ -110,6 +111,10 @@ class NanoDetPlusHead(nn.Module):
         kernel_size: tower kernel.
         strides: one per pyramid level.
         reg_max: the largest distance bin; a side is predicted over ``reg_max + 1`` bins.
+            The DFL target is clamped to ``reg_max − 0.1`` bins.
+        assigner: optional keyword arguments of :func:`~clod.models.assigner.assign`
+            (``topk``, ``iou_factor``, ``multi_match``), e.g. ``{"multi_match": "selecting_gts"}``
+            from the model config's ``head.assigner``; unset keys keep the upstream defaults.
     """
 
     def __init__(
@@ -121,10 +126,19 @@ class NanoDetPlusHead(nn.Module):
         kernel_size: int = 5,
         strides: Sequence[int] = (8, 16, 32, 64),
         reg_max: int = 7,
+        assigner: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.assigner_cfg = dict(assigner or {})
+        unknown = sorted(set(self.assigner_cfg) - set(ASSIGNER_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown assigner options {unknown}; expected some of {ASSIGNER_KEYS}"
+            )
+        if "multi_match" in self.assigner_cfg:
+            check_multi_match(self.assigner_cfg["multi_match"])
         self.num_classes = int(num_classes)
         self.strides = tuple(int(s) for s in strides)
         self.reg_max = int(reg_max)
@@ -238,7 +252,13 @@ class NanoDetPlusHead(nn.Module):
         with torch.no_grad():
             pred_boxes = self.decode_boxes(raw.detach(), priors)
             assignment = assign(
-                cls_logits.detach(), pred_boxes, priors.centres, gt_boxes, gt_labels, gt_valid
+                cls_logits.detach(),
+                pred_boxes,
+                priors.centres,
+                gt_boxes,
+                gt_labels,
+                gt_valid,
+                **self.assigner_cfg,
             )
         batch_idx, prior_idx = assignment.positive.nonzero(as_tuple=True)
         matched_gt = assignment.gt_index[batch_idx, prior_idx]
@@ -278,8 +298,8 @@ class NanoDetPlusHead(nn.Module):
                 * (weights * giou_loss(pos_pred_boxes, pos_gt_boxes)).sum()
                 / weight_factor
             )
-            target_bins = (box_to_distance(pos_centres, pos_gt_boxes) / pos_strides[:, None]).clamp(
-                0.0, DFL_TARGET_MAX
+            target_bins = dfl_targets(
+                box_to_distance(pos_centres, pos_gt_boxes) / pos_strides[:, None], self.reg_max
             )
             dfl = distribution_focal_loss(
                 pos_reg.reshape(-1, self.num_bins), target_bins.reshape(-1)

@@ -16,6 +16,8 @@ QFL_BETA = 2.0
 QFL_WEIGHT = 1.0
 GIOU_WEIGHT = 2.0
 DFL_WEIGHT = 0.25
+# Upstream clamps the DFL target to reg_max − 0.1 bins, so ⌊t⌋ + 1 ≤ reg_max is a real bin.
+DFL_TARGET_MARGIN = 0.1
 
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
@@ -48,12 +50,18 @@ def quality_focal_loss(
     return (bce * modulator).sum()
 
 
+def dfl_targets(distances: torch.Tensor, reg_max: int) -> torch.Tensor:
+    """Distances in bin units (distance / stride) clamped to [0, reg_max − 0.1], the DFL target."""
+    return distances.clamp(0.0, reg_max - DFL_TARGET_MARGIN)
+
+
 def distribution_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-row DFL: CE at ⌊t⌋ weighted (⌊t⌋+1−t) plus CE at ⌊t⌋+1 weighted (t−⌊t⌋).
 
     Args:
         logits: (M, reg_max + 1) bin logits.
-        targets: (M,) continuous targets in bin units, already clamped below reg_max.
+        targets: (M,) continuous targets in bin units, already clamped below reg_max
+            (:func:`dfl_targets`).
     Returns:
         (M,) losses.
     """

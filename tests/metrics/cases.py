@@ -163,15 +163,23 @@ class CanonicalResult:
 
 
 def canonical_coco_eval(
-    gt_path: Path, dets_path: Path, category_ids: list[int] | None = None
+    gt_path: Path,
+    dets_path: Path,
+    category_ids: list[int] | None = None,
+    max_dets: list[int] | None = None,
 ) -> CanonicalResult:
-    """pycocotools' documented path: COCO(file), loadRes(file), evaluate, accumulate, summarize."""
+    """pycocotools' documented path: COCO(file), loadRes(file), evaluate, accumulate, summarize.
+
+    ``max_dets`` sets ``params.maxDets`` as given (COCOeval sorts it and caps at the last entry).
+    """
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_path))
         coco_dt = coco_gt.loadRes(str(dets_path))
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         if category_ids is not None:
             evaluator.params.catIds = category_ids
+        if max_dets is not None:
+            evaluator.params.maxDets = list(max_dets)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -180,3 +188,16 @@ def canonical_coco_eval(
         precision=evaluator.eval["precision"],
         category_ids=list(evaluator.params.catIds),
     )
+
+
+def top_per_image_and_class(results: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The ``count`` best-scoring results of each (image, category), as COCOeval's maxDets keeps
+    them (a stable sort by descending score, so ties keep their order in the file)."""
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for result in results:
+        groups.setdefault((result["image_id"], result["category_id"]), []).append(result)
+    return [
+        result
+        for group in groups.values()
+        for result in sorted(group, key=lambda r: -r["score"])[:count]
+    ]

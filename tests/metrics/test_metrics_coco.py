@@ -167,7 +167,7 @@ def test_nothing_to_evaluate_gives_minus_one_everywhere():
 
 
 def test_max_det_caps_detections_per_image_and_class():
-    # Three FPs outscore the TP on the single image. With max_det=3 (maxDets [1, 10, 3]) the TP
+    # Three FPs outscore the TP on the single image. With max_det=3 (maxDets [1, 3, 3]) the TP
     # is cut off -> recall never above 0 -> AP 0. With 100 it is kept: list FP, FP, FP, TP ->
     # precision 1/4 at recall 1 -> AP 1/4. VOC has no cap: 1/4 in both runs.
     ground_truth = GroundTruth(image=[0], boxes=[A], labels=[0])
@@ -175,6 +175,6 @@ def test_max_det_caps_detections_per_image_and_class():
     detections = Detections(image=[0] * 4, boxes=boxes, scores=[0.9, 0.8, 0.7, 0.6], labels=[0] * 4)
     capped = evaluate_detections(detections, ground_truth, None, 1, max_det=3)
     uncapped = evaluate_detections(detections, ground_truth, None, 1, max_det=100)
-    assert capped.map50 == pytest.approx(0.0)
+    assert capped.map50 == pytest.approx(0.0) and capped.map == pytest.approx(0.0)
     assert uncapped.map50 == pytest.approx(0.25)
     assert capped.map50_voc == pytest.approx(0.25) and uncapped.map50_voc == pytest.approx(0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clod.metrics import DetectionMetric, evaluate_detections
+from clod.metrics.coco import STATS_NAMES, evaluate_coco
 
-from .cases import canonical_coco_eval, make_random_case
+from .cases import RandomCase, canonical_coco_eval, make_random_case, top_per_image_and_class
 
 SEED = 7
 
@@ -62,6 +64,51 @@ def test_single_update_matches_pycocotools(tmp_path):
     assert result.map == pytest.approx(canonical.stats[0], abs=1e-6)
     assert result.map50 == pytest.approx(canonical.stats[1], abs=1e-6)
     assert result.num_images == len(case.image_ids)
+
+
+def test_max_det_is_the_maxdets_of_every_reported_number(tmp_path):
+    # max_det = M means COCO's figures at maxDets = M (per image and class). Checked two ways
+    # against pycocotools: its precision with maxDets [1, 2, 2], and its stock summary on the
+    # results cut to the top 2 per image and class (what maxDets = 2 keeps).
+    case, inputs = per_image_inputs()
+    per_group = Counter((r["image_id"], r["category_id"]) for r in case.results)
+    assert max(per_group.values()) > 2  # the cap removes detections
+    results = {}
+    for max_det in (2, 100):
+        metric = DetectionMetric(num_classes=case.num_classes, max_det=max_det)
+        update_with(metric, inputs, case.image_ids)
+        results[max_det] = metric.compute()
+    capped = results[2]
+    assert capped.map != pytest.approx(results[100].map, abs=1e-3)
+
+    (tmp_path / "all").mkdir()
+    at_two = canonical_coco_eval(*case.write(tmp_path / "all"), max_dets=[1, 2, 2])
+    precision = at_two.precision[:, :, :, 0, -1]
+    assert capped.map == pytest.approx(float(precision[precision > -1].mean()), abs=1e-12)
+    names = ("map50", "map75", "map_small", "map_medium", "map_large")
+    for index, name in enumerate(names, start=1):  # summarize reads these at maxDets[2]
+        assert getattr(capped, name) == pytest.approx(at_two.stats[index], abs=1e-12), name
+    assert at_two.stats[0] == -1  # ...but the headline AP at a fixed maxDets of 100
+
+    top_two = RandomCase(
+        case.gt_dataset, top_per_image_and_class(case.results, 2), case.category_ids, case.image_ids
+    )
+    (tmp_path / "top2").mkdir()
+    stock = canonical_coco_eval(*top_two.write(tmp_path / "top2"))
+    coco = evaluate_coco(
+        case.detections(), case.ground_truth(), case.image_ids, range(case.num_classes),
+        case.num_classes, max_det=2,
+    )  # fmt: skip
+    for index, name in enumerate(STATS_NAMES):
+        assert coco.stats[name] == pytest.approx(stock.stats[index], abs=1e-12), name
+    assert capped.map == pytest.approx(coco.stats["map"], abs=1e-12)
+
+    # Passing [1, 10, 2] would not do: COCOeval sorts it into [1, 2, 10] and keeps 10.
+    unsorted = canonical_coco_eval(*case.write(tmp_path / "all"), max_dets=[1, 10, 2])
+    ten = DetectionMetric(num_classes=case.num_classes, max_det=10)
+    update_with(ten, inputs, case.image_ids)
+    assert unsorted.stats[1] == pytest.approx(ten.compute().map50, abs=1e-12)
+    assert unsorted.stats[1] != pytest.approx(capped.map50, abs=1e-3)
 
 
 def test_chunked_updates_with_repeated_images_equal_one_clean_update():

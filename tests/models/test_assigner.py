@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from clod.models.assigner import assign
-from clod.models.head import make_priors
+from clod.models.head import NanoDetPlusHead, make_priors
+from tests.models.helpers import build_model
 from tests.models.test_losses import reference_assign, reference_iou
 
 INPUT = (64, 64)
@@ -91,7 +92,8 @@ def test_no_gt_or_no_candidate_means_all_negative() -> None:
     assert not between.positive.any()
 
 
-def test_batched_assignment_matches_the_literal_reference_per_image() -> None:
+@pytest.mark.parametrize("multi_match", ["all_gts", "selecting_gts"])
+def test_batched_assignment_matches_the_literal_reference_per_image(multi_match: str) -> None:
     gen = torch.Generator().manual_seed(11)
     priors = make_priors(INPUT, STRIDES)
     n = priors.centres.shape[0]
@@ -111,7 +113,15 @@ def test_batched_assignment_matches_the_literal_reference_per_image() -> None:
         gt_boxes[image, : len(boxes)] = torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)
         gt_labels[image, : len(boxes)] = torch.tensor(image_labels, dtype=torch.long)
         valid[image, : len(boxes)] = True
-    result = assign(cls_logits, pred, priors.centres.double(), gt_boxes, gt_labels, valid)
+    result = assign(
+        cls_logits,
+        pred,
+        priors.centres.double(),
+        gt_boxes,
+        gt_labels,
+        valid,
+        multi_match=multi_match,
+    )
     for image in range(3):
         expected = reference_assign(
             cls_logits[image].tolist(),
@@ -119,6 +129,7 @@ def test_batched_assignment_matches_the_literal_reference_per_image() -> None:
             priors.centres.tolist(),
             gts[image],
             labels[image],
+            multi_match,
         )
         positives = result.positive[image].nonzero().squeeze(1).tolist()
         assert positives == sorted(expected)
@@ -126,3 +137,120 @@ def test_batched_assignment_matches_the_literal_reference_per_image() -> None:
             assert int(result.gt_index[image, prior]) == expected[prior][0]
             assert float(result.iou[image, prior]) == pytest.approx(expected[prior][1], rel=1e-9)
     assert result.positive[0].sum() > 5
+
+
+def cost_at(iou: float) -> float:
+    """The cost of a prior with one class, logit 0 (σ = ½), against a GT it overlaps by ``iou``.
+
+    cls_cost = BCE(0, iou)·(iou − ½)² = ln 2·(iou − ½)², iou_cost = −ln(iou + 1e-7); the total
+    ln 2·(iou − ½)² − 3·ln(iou + 1e-7) falls as the IoU rises, so cheaper means higher IoU.
+    """
+    return math.log(2.0) * (iou - 0.5) ** 2 - 3.0 * math.log(iou + 1e-7)
+
+
+def test_the_two_conflict_rules_on_a_hand_built_case() -> None:
+    # Four priors, GTs A, B, C (one class, every logit 0) and one padding slot:
+    #   A = [0, 0, 10, 5], B = [0, 0, 4, 10], C = [2, 0, 12, 10].
+    # p0: centre (3, 3), inside A, B and C, predicts [0, 0, 10, 10]:
+    #     IoU A = 50/100 = 0.5, B = 40/100 = 0.4, C = 80/120 = 2/3.
+    # p1: centre (8, 8), inside C only, predicts C itself:
+    #     IoU A = 40/110 = 4/11, B = 20/120 = 1/6, C = 1.
+    # p2: centre (11, 9), inside C only, predicts [30, 30, 40, 40]: IoU 0 with every GT.
+    # p3: centre (20, 20), inside no GT: not a candidate, although it predicts [0, 0, 10, 10].
+    # Costs (cost_at): p0: A 2.079, B 2.756, C 1.236; p1: A 3.048, B 5.452, C 0.173;
+    #     p2: 48.5 for all. The padding slot is p0's own box (IoU 1, cost 0.173) but invalid.
+    # Dynamic k = max(1, ⌊Σ IoU over candidates⌋): A ⌊0.5 + 0.364⌋, B ⌊0.4 + 0.167⌋,
+    #     C ⌊2/3 + 1⌋, all 1. A picks p0 (2.079 < 3.048), B picks p0 (2.756 < 5.452),
+    #     C picks p1 (0.173 < 1.236).
+    # p0 is picked by A and B:
+    #   selecting_gts: argmin over {A, B} → A (2.079 < 2.756); p1 → C.
+    #   all_gts: argmin over {A, B, C} → C (1.236), which did not pick p0; p1 → C. A and B
+    #     are left without a positive, as upstream leaves them.
+    assert cost_at(2 / 3) < cost_at(0.5) < cost_at(0.4) < cost_at(4 / 11) < cost_at(1 / 6)
+    centres = torch.tensor([[3.0, 3.0], [8.0, 8.0], [11.0, 9.0], [20.0, 20.0]])
+    pred = torch.tensor(
+        [[0.0, 0.0, 10.0, 10.0], [2.0, 0.0, 12.0, 10.0], [30.0, 30.0, 40.0, 40.0], [0, 0, 10, 10]]
+    )
+    gts = torch.tensor(
+        [[0.0, 0.0, 10.0, 5.0], [0.0, 0.0, 4.0, 10.0], [2.0, 0.0, 12.0, 10.0], [0, 0, 10, 10]]
+    )
+    valid = torch.tensor([[True, True, True, False]])
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    expected = {"selecting_gts": ([0, 2], [0.5, 1.0]), "all_gts": ([2, 2], [2 / 3, 1.0])}
+    for rule, (gt_index, iou) in expected.items():
+        result = assign(
+            torch.zeros(1, 4, 1), pred[None], centres, gts[None], labels, valid, multi_match=rule
+        )
+        assert result.positive[0].tolist() == [True, True, False, False], rule
+        assert result.gt_index[0, :2].tolist() == gt_index, rule
+        torch.testing.assert_close(result.iou[0, :2], torch.tensor(iou))
+    # The default is upstream's rule.
+    default = assign(torch.zeros(1, 4, 1), pred[None], centres, gts[None], labels, valid)
+    assert default.gt_index[0, :2].tolist() == expected["all_gts"][0]
+
+
+def test_unknown_conflict_rule_is_rejected() -> None:
+    n = make_priors(INPUT, STRIDES).centres.shape[0]
+    with pytest.raises(ValueError, match="multi_match"):
+        assign(
+            torch.zeros(1, n, 1),
+            boxes_around_centres(torch.full((n,), 4.0))[None],
+            make_priors(INPUT, STRIDES).centres,
+            torch.tensor([[[8.0, 8.0, 40.0, 40.0]]]),
+            torch.zeros(1, 1, dtype=torch.long),
+            torch.ones(1, 1, dtype=torch.bool),
+            multi_match="cheapest",
+        )
+    with pytest.raises(ValueError, match="multi_match"):
+        NanoDetPlusHead(2, assigner={"multi_match": "cheapest"})
+    with pytest.raises(ValueError, match="unknown assigner options"):
+        NanoDetPlusHead(2, assigner={"multimatch": "all_gts"})
+
+
+def test_the_model_config_reaches_the_assigner(monkeypatch: pytest.MonkeyPatch) -> None:
+    import clod.models.head as head_module
+
+    detector = build_model("nanodet_tiny", 2)
+    assert detector.head.assigner_cfg == {"multi_match": "all_gts"}
+    head = NanoDetPlusHead(2, in_channels=8, feat_channels=8, stacked_convs=1)
+    head.assigner_cfg = {"multi_match": "selecting_gts", "topk": 5}
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return assign(*args, **kwargs)
+
+    monkeypatch.setattr(head_module, "assign", spy)
+    head.loss(
+        torch.zeros(1, 85, 34), [torch.tensor([[4.0, 4, 40, 40]])], [torch.tensor([1])], INPUT
+    )
+    assert seen == {"multi_match": "selecting_gts", "topk": 5}
+
+
+def test_a_crowded_image_matches_the_reference_under_both_rules_and_they_differ() -> None:
+    # Eight random GTs on a 64×64 input (seed 1 makes one contested prior change hands).
+    gen = torch.Generator().manual_seed(1)
+    centres = make_priors(INPUT, STRIDES).centres.double()
+    n = centres.shape[0]
+    cls_logits = torch.randn(1, n, 3, generator=gen, dtype=torch.float64)
+    half = 2.0 + 14.0 * torch.rand(1, n, 2, generator=gen, dtype=torch.float64)
+    pred = torch.cat((centres - half, centres + half), dim=2)
+    corner = torch.randint(0, 48, (8, 2), generator=gen).double()
+    size = torch.randint(6, 33, (8, 2), generator=gen).double()
+    gts = torch.cat((corner, (corner + size).clamp(max=64.0)), dim=1)[None]
+    labels = torch.randint(0, 3, (1, 8), generator=gen)
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    gt_index = {}
+    for rule in ("all_gts", "selecting_gts"):
+        result = assign(cls_logits, pred, centres, gts, labels, valid, multi_match=rule)
+        expected = reference_assign(
+            cls_logits[0].tolist(), pred[0].tolist(), centres.tolist(), gts[0].tolist(),
+            labels[0].tolist(), rule,
+        )  # fmt: skip
+        positives = result.positive[0].nonzero().squeeze(1).tolist()
+        assert positives == sorted(expected)
+        assert [int(result.gt_index[0, p]) for p in positives] == [
+            expected[p][0] for p in positives
+        ]
+        gt_index[rule] = result.gt_index[0, positives]
+    assert int((gt_index["all_gts"] != gt_index["selecting_gts"]).sum()) == 1

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from clod.models.head import NanoDetPlusHead, make_priors
-from clod.models.losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from clod.models.losses import (
+    dfl_targets,
+    distribution_focal_loss,
+    giou_loss,
+    quality_focal_loss,
+)
 
 
 def sigmoid(x: float) -> float:
@@ -92,8 +97,12 @@ def reference_giou(a: list[float], b: list[float], eps: float = 1e-7) -> float:
     return inter / union - (hull - union) / hull
 
 
-def reference_assign(cls_row, boxes_row, centres, gts, gt_labels):
-    """Spec §7 step by step, one image, with Python loops over priors and GTs."""
+def reference_assign(cls_row, boxes_row, centres, gts, gt_labels, multi_match="all_gts"):
+    """Spec §7 step by step, one image, with Python loops over priors and GTs.
+
+    A prior picked by several GTs goes to its cheapest GT over every GT (``all_gts``,
+    upstream) or over the GTs that picked it (``selecting_gts``).
+    """
     n = len(cls_row)
     inside = [any(g[0] < cx < g[2] and g[1] < cy < g[3] for g in gts) for cx, cy in centres]
     candidates = [i for i in range(n) if inside[i]]
@@ -113,17 +122,31 @@ def reference_assign(cls_row, boxes_row, centres, gts, gt_labels):
         k = max(1, math.floor(sum(top)))
         for v in sorted(candidates, key=lambda v: cost[v, g])[:k]:
             chosen.setdefault(v, []).append(g)
-    return {
-        v: (min(gs, key=lambda g: cost[v, g]), iou[v, min(gs, key=lambda g: cost[v, g])])
-        for v, gs in chosen.items()
-    }
+    assigned = {}
+    for v, gs in chosen.items():
+        pool = range(len(gts)) if multi_match == "all_gts" and len(gs) > 1 else gs
+        g = min(pool, key=lambda g: cost[v, g])
+        assigned[v] = (g, iou[v, g])
+    return assigned
 
 
-def reference_loss(raw, gts_per_image, labels_per_image, input_size, strides, num_classes):
+def reference_loss(
+    raw,
+    gts_per_image,
+    labels_per_image,
+    input_size,
+    strides,
+    num_classes,
+    reg_max=7,
+    multi_match="all_gts",
+):
+    """Spec §6 literally; the DFL target is clamped to reg_max − 0.1 (upstream's margin)."""
+    bins = reg_max + 1
     priors = make_priors(input_size, strides, dtype=torch.float64)
     centres = priors.centres.tolist()
     prior_strides = priors.strides.tolist()
     qfl_sum, giou_sum, dfl_sum, weight_sum, num_pos = 0.0, 0.0, 0.0, 0.0, 0
+    dfl_targets = []
     for image, (gts, gt_labels) in enumerate(zip(gts_per_image, labels_per_image, strict=True)):
         cls_row = [row[:num_classes] for row in raw[image]]
         reg_row = [row[num_classes:] for row in raw[image]]
@@ -131,13 +154,13 @@ def reference_loss(raw, gts_per_image, labels_per_image, input_size, strides, nu
         for i, reg in enumerate(reg_row):
             distances = []
             for side in range(4):
-                probs = [math.exp(v) for v in log_softmax(reg[8 * side : 8 * side + 8])]
+                probs = [math.exp(v) for v in log_softmax(reg[bins * side : bins * (side + 1)])]
                 distances.append(prior_strides[i] * sum(k * p for k, p in enumerate(probs)))
             cx, cy = centres[i]
             boxes_row.append(
                 [cx - distances[0], cy - distances[1], cx + distances[2], cy + distances[3]]
             )
-        assigned = reference_assign(cls_row, boxes_row, centres, gts, gt_labels)
+        assigned = reference_assign(cls_row, boxes_row, centres, gts, gt_labels, multi_match)
         for i in range(len(cls_row)):
             for c in range(num_classes):
                 target = assigned[i][1] if i in assigned and gt_labels[assigned[i][0]] == c else 0.0
@@ -151,8 +174,9 @@ def reference_loss(raw, gts_per_image, labels_per_image, input_size, strides, nu
             gt = gts[g]
             sides = [cx - gt[0], cy - gt[1], gt[2] - cx, gt[3] - cy]
             for side, distance in enumerate(sides):
-                t = min(max(distance / prior_strides[i], 0.0), 6.9)
-                lp = log_softmax(reg_row[i][8 * side : 8 * side + 8])
+                t = min(max(distance / prior_strides[i], 0.0), reg_max - 0.1)
+                dfl_targets.append(t)
+                lp = log_softmax(reg_row[i][bins * side : bins * (side + 1)])
                 left = math.floor(t)
                 dfl_sum += weight * -(lp[left] * (left + 1 - t) + lp[left + 1] * (t - left))
     pos_factor = max(num_pos, 1)
@@ -162,23 +186,39 @@ def reference_loss(raw, gts_per_image, labels_per_image, input_size, strides, nu
         "loss_bbox": 2.0 * giou_sum / weight_factor,
         "loss_dfl": 0.25 * dfl_sum / (4 * weight_factor),
         "num_pos": num_pos,
+        "dfl_targets": dfl_targets,
     }
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_head_loss_matches_the_literal_reference(seed: int) -> None:
+HEAD_GTS = (
+    [[5.0, 3.0, 40.0, 30.0], [30.0, 20.0, 90.0, 62.0], [60.0, 1.0, 75.0, 15.0]],
+    [[10.0, 12.0, 33.0, 50.0]],
+)
+HEAD_LABELS = ([0, 2, 2], [1])
+# Boxes spanning most of the 96×64 input: stride-8 priors reach up to ~11 bins from an edge.
+LARGE_GTS = ([[0.5, 0.5, 95.5, 63.5], [2.0, 30.0, 94.0, 62.0]], [[0.5, 0.5, 95.5, 60.0]])
+LARGE_LABELS = ([0, 1], [2])
+
+
+def check_head_loss_against_reference(
+    seed: int, reg_max: int = 7, multi_match: str = "all_gts", gts=HEAD_GTS, labels=HEAD_LABELS
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     num_classes, input_size = 3, (64, 96)
-    head = NanoDetPlusHead(num_classes, in_channels=8, feat_channels=8, stacked_convs=1)
+    head = NanoDetPlusHead(
+        num_classes,
+        in_channels=8,
+        feat_channels=8,
+        stacked_convs=1,
+        reg_max=reg_max,
+        assigner={"multi_match": multi_match},
+    )
     num_priors = make_priors(input_size, head.strides).centres.shape[0]
-    raw = torch.randn(2, num_priors, num_classes + 32, generator=gen, dtype=torch.float64)
+    raw = torch.randn(2, num_priors, head.num_outputs, generator=gen, dtype=torch.float64)
     raw[..., num_classes:] *= 2.0
-    gts = [
-        [[5.0, 3.0, 40.0, 30.0], [30.0, 20.0, 90.0, 62.0], [60.0, 1.0, 75.0, 15.0]],
-        [[10.0, 12.0, 33.0, 50.0]],
-    ]
-    labels = [[0, 2, 2], [1]]
-    expected = reference_loss(raw.tolist(), gts, labels, input_size, head.strides, num_classes)
+    expected = reference_loss(
+        raw.tolist(), gts, labels, input_size, head.strides, num_classes, reg_max, multi_match
+    )
     assert expected["num_pos"] >= 4  # the example exercises the positive-side losses
     got = head.double().loss(
         raw,
@@ -190,6 +230,39 @@ def test_head_loss_matches_the_literal_reference(seed: int) -> None:
         assert float(got[key]) == pytest.approx(expected[key], rel=1e-9), key
     assert float(got["loss"]) == pytest.approx(
         expected["loss_qfl"] + expected["loss_bbox"] + expected["loss_dfl"], rel=1e-9
+    )
+    return expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_head_loss_matches_the_literal_reference(seed: int) -> None:
+    check_head_loss_against_reference(seed)
+
+
+def test_head_loss_with_the_selecting_gts_rule_matches_the_reference() -> None:
+    check_head_loss_against_reference(0, multi_match="selecting_gts")
+
+
+@pytest.mark.parametrize("reg_max", [4, 10])
+def test_dfl_target_clamp_follows_reg_max(reg_max: int) -> None:
+    # The reference clamps at reg_max − 0.1; a fixed 6.9 would index past the last bin for
+    # reg_max 4 and cut targets in (6.9, 9.9] short for reg_max 10.
+    targets = check_head_loss_against_reference(
+        0, reg_max=reg_max, gts=LARGE_GTS, labels=LARGE_LABELS
+    )["dfl_targets"]
+    assert max(targets) == pytest.approx(reg_max - 0.1)
+    assert any(6.9 < t < reg_max - 0.1 for t in targets) == (reg_max == 10)
+
+
+def test_dfl_targets_clamp_to_reg_max_minus_a_tenth() -> None:
+    distances = torch.tensor([-1.0, 0.0, 3.5, 6.95, 8.5, 12.0], dtype=torch.float64)
+    torch.testing.assert_close(
+        dfl_targets(distances, 4),
+        torch.tensor([0.0, 0.0, 3.5, 3.9, 3.9, 3.9], dtype=torch.float64),
+    )
+    torch.testing.assert_close(
+        dfl_targets(distances, 10),
+        torch.tensor([0.0, 0.0, 3.5, 6.95, 8.5, 9.9], dtype=torch.float64),
     )
 
 
