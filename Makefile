@@ -3,6 +3,9 @@ PYTHON ?= python3
 # Pins torch to the CPU build; GPU users who installed their own torch: `make install CONSTRAINTS=`
 CONSTRAINTS ?= constraints.txt
 ARGS ?=
+# The mission's headline experiment, and the directory `make train` writes (rerun: resumes).
+EXPERIMENT ?= strategy=latent scenario=15p1
+RUN_DIR ?= outputs/train/$(subst $(space),_,$(subst =,-,$(EXPERIMENT)))
 # Sweeps: the grid (a conf/sweep/ preset or comma lists) and where its runs go.
 SWEEP ?= sweep=strategies
 # Named after the grid, so rerunning the same sweep resumes it: finished jobs exit at once.
@@ -11,13 +14,9 @@ empty :=
 space := $(empty) $(empty)
 comma := ,
 PYTEST_ARGS ?=
-# Sweeps: the grid (a conf/sweep/ preset or comma lists) and where its runs go.
-SWEEP ?= sweep=strategies
-# Named after the grid, so rerunning the same sweep resumes it: finished jobs exit at once.
-SWEEP_DIR ?= outputs/multirun/$(subst $(comma),+,$(subst =,-,$(subst $(space),_,$(SWEEP))))
-empty :=
-space := $(empty) $(empty)
-comma := ,
+# The mission's headline experiment, and the directory `make train` writes (rerun: resumes).
+EXPERIMENT ?= strategy=latent scenario=15p1
+RUN_DIR ?= outputs/train/$(subst $(space),_,$(subst =,-,$(EXPERIMENT)))
 
 STAMP := .make/installed
 
@@ -32,8 +31,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)  ## install clod and its dependencies (CPU torch) into $(PYTHON)
 
-train: $(STAMP)  ## run the default experiment on the embedded benchmark (extra overrides: ARGS="...")
-	$(PYTHON) -m clod.train $(ARGS)
+train: $(STAMP)  ## Latent Distillation on 15p1 of the embedded benchmark, then its table and figures (EXPERIMENT=..., ARGS=...)
+	$(PYTHON) -m clod.train $(EXPERIMENT) hydra.run.dir=$(RUN_DIR) $(ARGS)
+	$(PYTHON) -m clod.report $(RUN_DIR)
+	@echo "results: $(RUN_DIR)/results.csv, $(RUN_DIR)/summary.json; figures: $(RUN_DIR)/report/*.png"
 
 plan: $(STAMP)  ## print the task plan of an experiment without training (ARGS="scenario=15p1")
 	$(PYTHON) -m clod.train dry_run=true $(ARGS)

@@ -15,7 +15,7 @@ How the numbers are taken (the code is in :mod:`clod.benchmarking`):
 * FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the plain
   (un-fused) model, with a group-aware formula for ``convolution_backward`` (torch's
   default counts a depthwise weight gradient as a dense one; its figure is reported as
-  ``train_flops_per_image_torch_default``). See :mod:`clod.benchmarking.flops`.
+  ``train_flops_per_image_torch_default``). See :mod:`clod.metrics.flops`.
 * Inference is timed on the BN-folded copy (:meth:`Detector.fused`), which does the same
   convolutions with fewer memory passes; it covers the network forward (the raw head
   output), not score thresholding and NMS.
@@ -45,10 +45,10 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clod.benchmarking.flops import flop_counter, train_step_flops
 from clod.benchmarking.inputs import synthetic_batch
 from clod.benchmarking.rows import CONFIG_DIR, bench_strategy, strategy_rows
 from clod.benchmarking.run import run_benchmark
+from clod.metrics.flops import flop_counter, train_step_flops
 
 # Re-exported: `from clod import bench; bench.flop_counter()` etc. (tests, notebooks).
 __all__ = [

@@ -10,12 +10,10 @@ from collections.abc import Iterator
 from hydra.errors import InstantiationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from clod.errors import ClodError
+from clod.errors import EXIT_USER_ERROR, ClodError
 from clod.utils.hydra_runtime import sweep_dir
 
 log = logging.getLogger("clod")
-
-EXIT_USER_ERROR = 2
 
 
 @contextlib.contextmanager

@@ -6,6 +6,9 @@ with status 2. Messages name the file or config key and say what is wrong.
 
 from __future__ import annotations
 
+# The exit status of a user error (bad input or configuration), in every entry point.
+EXIT_USER_ERROR = 2
+
 
 class ClodError(Exception):
     """Base class of every error clod reports without a traceback."""

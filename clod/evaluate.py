@@ -23,11 +23,11 @@ import json
 import sys
 from collections.abc import Sequence
 
+from clod.errors import EXIT_USER_ERROR
 from clod.metrics.files import EvaluationInputError, evaluate_coco_files
 
 USAGE = "usage: python -m clod.evaluate gt=<gt.json> dets=<dets.json> [difficult=gt|ignore] [max_det=100] [legacy_voc=false]"
 KNOWN_KEYS = ("gt", "dets", "difficult", "max_det", "legacy_voc")
-EXIT_USER_ERROR = 2
 
 
 class ArgumentError(ValueError):

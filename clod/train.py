@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,13 +47,26 @@ def _label_range(labels: tuple[int, ...]) -> str:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
-        if cfg.dry_run:
-            print_plan(cfg)
-            return
-        from clod.engine.run import run_experiment
+    from clod.utils.signals import RunInterrupted
 
-        run_experiment(cfg)
+    try:
+        with user_errors():
+            if cfg.dry_run:
+                print_plan(cfg)
+                return
+            from clod.engine.run import run_experiment
+
+            run_experiment(cfg)
+    except RunInterrupted as stop:
+        # Not a failure: the run is resumable. Exit as a signal would (128 + N), which also
+        # ends a multirun instead of going on with the next job.
+        print(
+            f"interrupted by {stop.signal_name}: rerun the same command to resume from the "
+            "last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":

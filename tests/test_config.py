@@ -13,6 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
+from clod.engine.trainer import CLOD_KEYS, check_trainer_config
+
 ROOT = Path(__file__).parents[1]
 CONF = ROOT / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in {"hydra", "paths"})
@@ -49,6 +51,10 @@ def test_every_shipped_config_composes_and_resolves(
     assert container["paths"]["output_dir"] == str(tmp_path)
     assert len(container["data"]["input_size"]) == 2
     assert container["model"]["num_classes"] == container["data"]["num_classes"]
+    # every composition hands Lightning a Trainer config it accepts, hardware in step
+    check_trainer_config({k: v for k, v in container["trainer"].items() if k not in CLOD_KEYS})
+    for key in ("accelerator", "devices", "num_nodes", "strategy", "precision"):
+        assert container["trainer"][key] == container["hardware"][key], key
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -169,7 +175,7 @@ def test_every_model_instantiates_for_the_data(option: str, data: str, tmp_path:
 @pytest.mark.parametrize("preset", ["slurm", "slurm_ddp", "slurm_cpu", "local"])
 def test_cluster_presets_take_tasks_and_nodes_from_the_hardware_keys(preset: str) -> None:
     """Lightning's SLURMEnvironment requires devices == tasks per node and num_nodes ==
-    nodes (ecosystem.md §3): one override of the hardware keys moves both sides."""
+    nodes (docs/engineering.md §3): one override of the hardware keys moves both sides."""
     GlobalHydra.instance().clear()
     overrides = [f"hardware={preset}", "hardware.devices=3"]
     if preset != "local":

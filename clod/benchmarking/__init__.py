@@ -3,7 +3,7 @@
 - :mod:`~clod.benchmarking.device`: where the bench runs (CPU or one GPU) and in which precision.
 - :mod:`~clod.benchmarking.timing`: the interleaved timing harness, the matmul reference
   and the peak RSS.
-- :mod:`~clod.benchmarking.flops`: FLOP and conv-MAC counting (also used by
+- :mod:`~clod.metrics.flops`: FLOP and conv-MAC counting (also used by
   :mod:`clod.engine.cost`).
 - :mod:`~clod.benchmarking.inputs`: the synthetic batch.
 - :mod:`~clod.benchmarking.rows`: the inference row and one row per strategy.

@@ -1,9 +1,8 @@
 """The rows of ``clod.bench``: inference, and one training row per strategy.
 
-Each strategy row comes from a factory in :data:`STRATEGY_BENCHES` that receives the
-detector and the strategy's config and returns a :class:`StrategyBench` (its trainable
-parameters, any extra modules it holds, and a function computing the training loss of a
-batch). Every strategy with a config is timed by :func:`module_bench`: the strategy's own
+Each strategy row comes from :func:`module_bench`, which receives the detector and the
+strategy's config and returns a :class:`StrategyBench` (its trainable parameters, any
+extra modules it holds, and a function computing the training loss of a batch): the strategy's own
 training step (``CLODModule.training_losses``, as ``clod.train`` runs it) at the second
 task of a scenario that adds the last class, so its teacher, frozen parts and extra terms
 are all there.
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,16 +22,16 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from clod.benchmarking.device import autocast, autocast_dtype, bench_device
-from clod.benchmarking.flops import (
+from clod.benchmarking.timing import MatmulProbe, peak_rss_bytes, reset_peak_rss, time_interleaved
+from clod.data.tasks import Task
+from clod.data.types import Batch
+from clod.engine.module import CLODModule
+from clod.metrics.flops import (
     LossFn,
     forward_flops,
     step_conv_macs_per_image,
     train_step_flops,
 )
-from clod.benchmarking.timing import MatmulProbe, peak_rss_bytes, reset_peak_rss, time_interleaved
-from clod.data.tasks import Task
-from clod.data.types import Batch
-from clod.engine.module import CLODModule
 from clod.models.detector import Detector
 from clod.strategies.base import Strategy
 from clod.utils.tensors import count_parameters
@@ -58,7 +56,6 @@ class StrategyBench:
 
 
 # (detector, the strategy's config from conf/strategy or None) -> its benchmark step
-StrategyFactory = Callable[[Detector, DictConfig | None], StrategyBench]
 
 
 def incremental_task(num_classes: int) -> Task:
@@ -99,10 +96,6 @@ def module_bench(detector: Detector, strategy_cfg: DictConfig | None) -> Strateg
     )
 
 
-# Strategies that need a factory of their own; any other with a config uses module_bench.
-STRATEGY_BENCHES: dict[str, StrategyFactory] = {"naive": module_bench}
-
-
 def bench_inference(
     detector: Detector, batch: Batch, cfg: DictConfig, probe: MatmulProbe
 ) -> dict[str, Any]:
@@ -140,17 +133,11 @@ def bench_strategy(
     cfg: DictConfig,
     probe: MatmulProbe,
 ) -> dict[str, Any]:
-    factory = STRATEGY_BENCHES.get(name)
-    if factory is None and strategy_cfg is not None and "_target_" in strategy_cfg:
-        factory = module_bench
-    if factory is None:
-        raise KeyError(
-            f"no benchmark for strategy {name!r}: no conf/strategy/{name}.yaml and no factory in "
-            f"STRATEGY_BENCHES ({sorted(STRATEGY_BENCHES)})"
-        )
+    if name != "naive" and (strategy_cfg is None or "_target_" not in strategy_cfg):
+        raise KeyError(f"no benchmark for strategy {name!r}: no conf/strategy/{name}.yaml")
     device, dtype = bench_device(cfg.get("hardware")), autocast_dtype(cfg.get("hardware"))
     detector.train()
-    strategy = factory(detector, strategy_cfg)
+    strategy = module_bench(detector, strategy_cfg)
 
     def loss(batch: Batch) -> torch.Tensor:  # the forward passes in the run's precision
         with autocast(device, dtype):

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clod.data.classes import VOC_CLASSES
 from clod.data.coco import read_coco
 from clod.data.scenario import Scenario, resolve_scenario
 from clod.data.tasks import Task, build_tasks
 from clod.data.types import Split
-from clod.data.voc import VOC_CLASSES, read_voc
+from clod.data.voc import read_voc
 from clod.errors import ConfigError
 
 log = logging.getLogger(__name__)

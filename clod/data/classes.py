@@ -9,7 +9,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "train", "tvmonitor",
 )  # fmt: skip
 
-# The 80 COCO 2017 categories in category-id order: label = position (protocol.md §1).
+# The 80 COCO 2017 categories in category-id order: label = position (docs/protocol.md §1).
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",

@@ -2,7 +2,7 @@
 
 Class order: categories sorted by their numeric id; a category's global label is its
 rank in that order (COCO ids 1..90 with gaps become labels 0..79). This order is
-fixed for the whole experiment (protocol.md §1).
+fixed for the whole experiment (docs/protocol.md §1).
 
 Boxes: COCO ``[x, y, w, h]`` become ``xyxy``; boxes beyond the image are clipped and
 degenerate ones dropped, counted as in the VOC reader. ``iscrowd`` is kept (training

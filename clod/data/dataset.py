@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from clod.data.sampling import SampleKey
 from clod.data.transforms import DetectionTransform
 from clod.data.types import Batch, ImageRecord, Sample
 from clod.errors import DataError
@@ -35,11 +36,13 @@ def load_image(record: ImageRecord) -> np.ndarray:
 
 
 class DetectionDataset(Dataset[Sample]):
-    """Records -> transformed samples. Training datasets draw their augmentation from torch's RNG.
+    """Records -> transformed samples.
 
-    Drawing the per-sample seed from torch's generator makes augmentation follow
-    ``seed_everything``: in worker processes torch reseeds each worker every epoch,
-    and in the main process the generator advances, so epochs differ and runs repeat.
+    A training dataset (one with augmentation) is indexed by the
+    :class:`~clod.data.sampling.SampleKey` its sampler yields, and seeds each sample's
+    augmentation from the key's entropy: the same image gets the same augmentation in any
+    process, worker or attempt (exact resume). Indexed by a plain integer (ad-hoc use, not
+    the training path), it draws the seed from torch's global generator instead.
     """
 
     def __init__(self, records: Sequence[ImageRecord], transform: DetectionTransform):
@@ -49,12 +52,15 @@ class DetectionDataset(Dataset[Sample]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, key: int | SampleKey) -> Sample:
+        index, entropy = (key.index, key.entropy) if isinstance(key, SampleKey) else (key, None)
         record = self.records[index]
         image = load_image(record)
         rng = None
         if self.transform.augment is not None:
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+            if entropy is None:
+                entropy = (int(torch.randint(0, 2**62, (1,)).item()),)
+            rng = np.random.default_rng(entropy)
         pixels, boxes, keep, warp = self.transform(image, record.boxes, rng)
         return Sample(
             image=pixels,

@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from clod.data.dataset import DetectionDataset, collate
+from clod.data.sampling import EpochSampler, ShuffledBatches
 from clod.data.transforms import Augment, DetectionTransform
 from clod.data.types import ImageRecord
 from clod.errors import ConfigError
@@ -32,19 +33,31 @@ def train_dataset(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -
     return DetectionDataset(records, transform)
 
 
-def train_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DataLoader:
-    """Shuffled, augmented, ``drop_last`` batches (the reference drops the last partial batch)."""
+def train_loader(
+    records: Sequence[ImageRecord], data_cfg: Mapping[str, Any], seed: int
+) -> DataLoader:
+    """Shuffled, augmented, ``drop_last`` batches (the reference drops the last partial batch).
+
+    Order and augmentation follow ``seed`` and the epoch alone (:mod:`clod.data.sampling`).
+    """
     batch_size = int(data_cfg["batch_size"])
     if len(records) < batch_size:
         raise ConfigError(
             f"a task has {len(records)} training images, fewer than data.batch_size={batch_size}; "
             f"with drop_last it would train on nothing: lower data.batch_size"
         )
+    return sampled_train_loader(records, ShuffledBatches(len(records), batch_size, seed), data_cfg)
+
+
+def sampled_train_loader(
+    records: Sequence[ImageRecord], sampler: EpochSampler, data_cfg: Mapping[str, Any]
+) -> DataLoader:
+    """Augmented batches of ``records`` in the order ``sampler`` gives (whole batches)."""
     workers = int(data_cfg.get("num_workers", 0))
     return DataLoader(
         train_dataset(records, data_cfg),
-        batch_size=batch_size,
-        shuffle=True,
+        batch_size=sampler.batch_size,
+        sampler=sampler,
         drop_last=True,
         num_workers=workers,
         persistent_workers=workers > 0,

@@ -1,9 +1,9 @@
 """A fixed-capacity replay buffer of training images with pluggable selection policies.
 
 Items keep the annotations of the task they were drawn from (a task-0 image carries
-only task-0 boxes; protocol.md §3). The buffer samples with its own seeded generator,
+only task-0 boxes; docs/protocol.md §3). The buffer samples with its own seeded generator,
 and its state (item ids and generator state) round-trips through ``state_dict`` so a
-resumed run keeps the same buffer (strategies.md §3).
+resumed run keeps the same buffer (docs/strategies.md §3).
 """
 
 from __future__ import annotations

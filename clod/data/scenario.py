@@ -1,4 +1,4 @@
-"""Class-incremental scenarios: which classes each task adds (protocol.md §1–§2).
+"""Class-incremental scenarios: which classes each task adds (docs/protocol.md §1–§2).
 
 A scenario is data-agnostic. It says how many classes each task adds, in one of
 three forms, and in which order the dataset's classes are taken:

@@ -1,4 +1,4 @@
-"""Task datasets of a class-incremental scenario (protocol.md §3–§4).
+"""Task datasets of a class-incremental scenario (docs/protocol.md §3–§4).
 
 Training set of task t: the images with at least one box of New_t, keeping only the
 New_t boxes (old and future objects become background: the "background shift").

@@ -1,4 +1,4 @@
-"""NanoDet-Plus image and box transforms, written with numpy and OpenCV (nanodet_plus.md §9).
+"""NanoDet-Plus image and box transforms, written with numpy and OpenCV (docs/detector.md §9).
 
 Training geometry is one 3x3 matrix composed from: centre to origin, random scale
 (and optional stretch), horizontal flip, random translation, then the resize to the

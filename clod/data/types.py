@@ -1,6 +1,6 @@
 """Plain data types shared by readers, task construction, transforms and models.
 
-Conventions (see ../shared/spec/README.md):
+Conventions (docs/detector.md):
 - boxes are ``xyxy`` float32 in pixels of the image they belong to;
 - labels are global, 0-based class indices that never change between tasks;
 - a batch image is BGR, normalised, padded bottom/right to a multiple of 32.

@@ -6,7 +6,7 @@ Expected under ``root`` (e.g. ``VOCdevkit/VOC2007``)::
     JPEGImages/<filename from the xml>
     ImageSets/Main/<split>.txt        one image id per line
 
-Box conventions follow the reference (protocol.md §3): coordinates are parsed as
+Box conventions follow the reference (docs/protocol.md §3): coordinates are parsed as
 floats with no -1 shift; boxes beyond the image are clipped and degenerate boxes
 dropped, both counted (see :mod:`clod.data.repairs`). The ``difficult`` flag is kept
 so that training and evaluation can each decide what to do with it.

@@ -47,6 +47,7 @@ import torch
 
 from clod.data.tasks import Task
 from clod.strategies.base import Strategy
+from clod.utils.checkpoints import load_plain
 from clod.utils.io import publish_directory, read_json, save_torch, write_json
 from clod.utils.run_config import result_config
 
@@ -64,9 +65,7 @@ IGNORED_PREFIXES = (
     "strategy.",
     "base_cache.",
 )
-IGNORED_KEYS = frozenset(
-    {"data.eval_batch_size", "trainer.incremental_epochs", "trainer.log_every_n_steps"}
-)
+IGNORED_KEYS = frozenset({"data.eval_batch_size", "trainer.incremental_epochs"})
 HARDWARE_KEYS = ("accelerator", "precision", "devices", "num_nodes", "channels_last")
 
 
@@ -79,7 +78,8 @@ def base_task_material(
         for key, value in result_config(resolved).items()
         if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
     }
-    hardware = resolved.get("hardware") or {}
+    # The Trainer's own copies win: `trainer.precision=...` overrides what the preset says.
+    hardware = {**(resolved.get("hardware") or {}), **(resolved.get("trainer") or {})}
     images = hashlib.sha256(
         "\n".join(f"{r.image_id}:{r.num_boxes}" for r in first_task.train).encode()
     ).hexdigest()
@@ -151,7 +151,7 @@ class BaseModelCache:
         weights_path = self.path / WEIGHTS_FILE
         if not weights_path.is_file():
             return None
-        weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+        weights = load_plain(weights_path)  # shared between runs and users: never unpickled
         return CachedBase(weights=weights, meta=read_json(self.path / META_FILE))
 
     def publish(self, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> bool:

@@ -3,7 +3,7 @@
 The count runs the module's own training-step code (:meth:`CLODModule.training_losses`),
 so it includes exactly the forwards the strategy makes: the backbone once, the student,
 and the teacher (a whole model for LwF and SID, only neck+head for Latent Distillation).
-Backward passes are not counted (strategies.md §0, "forward MACs").
+Backward passes are not counted (docs/strategies.md §0, "forward MACs").
 
 It is measured on one blank image at the training input size, in eval mode and without
 gradients, so BatchNorm statistics and the random generators are left untouched: the
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from clod.benchmarking.flops import conv_flops
 from clod.data.dataset import pad_size
 from clod.data.types import Batch
+from clod.metrics.flops import conv_flops
 
 if TYPE_CHECKING:
     from clod.engine.module import CLODModule

@@ -19,6 +19,7 @@ from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.metrics.files import result_to_json
 from clod.models.detector import Detector, build_detector
 from clod.models.head import NanoDetPlusHead
+from clod.utils.checkpoints import check_targets, load_plain
 
 
 def record_targets(records: Sequence[ImageRecord]) -> list[dict[str, torch.Tensor]]:
@@ -66,7 +67,10 @@ def evaluate_detector(
     detector.eval()
     num_classes = detector.num_classes
     metric = DetectionMetric(
-        num_classes, classes=classes, difficult=eval_cfg.get("difficult", "gt")
+        num_classes,
+        classes=classes,
+        difficult=eval_cfg.get("difficult", "gt"),
+        max_det=int(eval_cfg.get("max_det", 100)),
     )
     mask = torch.zeros(num_classes, dtype=torch.bool)
     mask[list(classes)] = True
@@ -109,7 +113,8 @@ def evaluate_run_checkpoint(
             raise DataError(
                 f"{path} does not exist; finished tasks: {[p.stem for p in checkpoints]}"
             )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_plain(path)
+    check_targets(state.get("model"), "clod.models.", path, "model")
     task_index = int(state["task"])
 
     _, test = load_splits(resolved["data"], resolved["paths"]["data_dir"])

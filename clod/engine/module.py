@@ -66,7 +66,7 @@ class CLODModule(pl.LightningModule):
         self.student = NeckHead(detector.neck, detector.head)
         self.teacher: nn.Module | None = None
         self.backbone_frozen = False
-        # Reference fidelity only (strategies.md §0): frozen parts' BatchNorm in train mode,
+        # Reference fidelity only (docs/strategies.md §0): frozen parts' BatchNorm in train mode,
         # so it normalises with batch statistics and its running statistics drift.
         self.frozen_bn_train = False
         self.strategy = strategy
@@ -75,12 +75,17 @@ class CLODModule(pl.LightningModule):
         self.eval_cfg = dict(evaluation)
         num_classes = detector.head.num_classes
         self.metric = DetectionMetric(
-            num_classes, classes=task.seen, difficult=self.eval_cfg.get("difficult", "gt")
+            num_classes,
+            classes=task.seen,
+            difficult=self.eval_cfg.get("difficult", "gt"),
+            max_det=int(self.eval_cfg.get("max_det", 100)),
         )
         seen = torch.zeros(num_classes, dtype=torch.bool)
         seen[list(task.seen)] = True
         self.register_buffer("seen_mask", seen, persistent=False)
         self.last_result: DetectionResult | None = None
+        # Batches trained in the current epoch: where a resumed run's loader continues.
+        self.batches_done = 0
 
     # ------------------------------------------------------------------ parts
     @property
@@ -92,6 +97,15 @@ class CLODModule(pl.LightningModule):
         state = {f"backbone.{k}": v for k, v in self.backbone.state_dict().items()}
         state.update({k: v for k, v in self.student.state_dict().items()})
         return {k: v.detach().clone() for k, v in state.items()}
+
+    def whole_model(self) -> Detector:
+        """Backbone, neck and head as one detector, sharing this module's weights."""
+        return Detector(self.backbone, self.student.neck, self.student.head)
+
+    def set_frozen_bn(self, mode: str) -> None:
+        if mode not in ("eval", "train"):
+            raise ValueError(f"frozen BatchNorm mode must be eval or train, got {mode!r}")
+        self.frozen_bn_train = mode == "train"
 
     def freeze_backbone(self) -> None:
         self.backbone.requires_grad_(False)
@@ -148,7 +162,11 @@ class CLODModule(pl.LightningModule):
         total = losses["loss"] + sum(extra.values()) if extra else losses["loss"]
         return total, {**losses, **extra}
 
+    def on_train_epoch_start(self) -> None:
+        self.batches_done = 0  # not called when a run resumes in the middle of an epoch
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.batches_done = batch_idx + 1  # batch_idx counts within the epoch, resumes included
         total, terms = self.training_losses(batch)
         logged = {f"train/{name}": value.detach() for name, value in terms.items()}
         logged["train/total"] = total.detach()
@@ -210,8 +228,13 @@ class CLODModule(pl.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]  # rebuilt from the previous task's weights
-        # Resuming at an epoch boundary replays the same shuffles and augmentations only if
-        # the random generators continue from where they were.
+        # The loader's order and augmentations are functions of (seed, epoch, position)
+        # (clod.data.sampling): the position is all a resumed run needs to continue them.
+        checkpoint["loader_position"] = {
+            "epoch": int(self.current_epoch),
+            "batches_done": int(self.batches_done),
+        }
+        # Anything else random in a step (none of clod's strategies is) continues too.
         name, keys, position, has_gauss, cached = np.random.get_state()
         checkpoint["rng"] = {  # plain types and tensors: loadable with weights_only=True
             "torch": torch.get_rng_state(),

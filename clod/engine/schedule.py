@@ -1,4 +1,4 @@
-"""Learning-rate schedule: linear warm-up, then cosine per epoch (protocol.md §6).
+"""Learning-rate schedule: linear warm-up, then cosine per epoch (docs/protocol.md §6).
 
 During warm-up (step < W) the factor is ``1 - (1 - step/W)(1 - ratio)``, overriding
 the cosine, as the reference does. After it, the factor for epoch ``e`` is

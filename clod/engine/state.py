@@ -1,6 +1,7 @@
 """The run's state file: what is done, so a rerun into the same directory resumes.
 
-``state.json`` records the status (``running``, ``failed`` with its error, ``done``),
+``state.json`` records the status (``running``; ``interrupted`` with the signal that
+stopped it, resumable; ``failed`` with its error; ``done``),
 the finished tasks, and the configuration the run started with. A rerun with a
 configuration that would change the results is refused, naming the keys that
 differ; keys that only say where or how it runs (paths, hardware, loggers, Hydra)
@@ -42,7 +43,8 @@ class RunState:
         else:
             self.data = {"status": "running", "config": fresh, "tasks_done": [], "attempts": 1}
         self.data["status"] = "done" if self.data.get("status") == "done" else "running"
-        self.data.pop("error", None)
+        for stale in ("error", "signal", "interrupted_at"):
+            self.data.pop(stale, None)
         self._save()
 
     @property
@@ -74,6 +76,13 @@ class RunState:
     def fail(self, error: BaseException) -> None:
         self.data["status"] = "failed"
         self.data["error"] = "".join(traceback.format_exception(error)).strip()
+        self._save()
+
+    def interrupt(self, signal_name: str) -> None:
+        """Stopped by a signal: no error, and the next attempt resumes where it left off."""
+        self.data["status"] = "interrupted"
+        self.data["signal"] = signal_name
+        self.data["interrupted_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self._save()
 
     def _save(self) -> None:

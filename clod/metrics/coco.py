@@ -1,6 +1,6 @@
 """COCO AP through pycocotools' COCOeval, built from in-memory tables.
 
-What is handed to COCOeval (ecosystem.md §6):
+What is handed to COCOeval (docs/engineering.md §6):
 - one COCO image per evaluated image, whose id is the dataset-global image index;
 - one category per class, whose id is the class index itself;
 - ground truth with xywh boxes, ``area`` and ``iscrowd`` (1-based annotation ids: COCOeval reads

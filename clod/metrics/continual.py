@@ -1,4 +1,4 @@
-"""Continual-learning aggregates over the sequence of per-task evaluations (protocol.md §5).
+"""Continual-learning aggregates over the sequence of per-task evaluations (docs/protocol.md §5).
 
 Inputs are plain per-class arrays, one per evaluation (after task 0, 1, …), of one metric (e.g.
 ``DetectionResult.ap``), with −1 where a class has no GT or was not evaluated; and the class groups

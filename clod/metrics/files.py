@@ -3,7 +3,7 @@
 Ground truth: a COCO ``instances`` file (``images``, ``annotations``, ``categories``). Boxes are
 ``[x, y, w, h]``; ``iscrowd`` (default 0), ``area`` (default w·h) and a clod extension,
 ``difficult`` (default false), are read. Category ids are mapped to contiguous class indices in
-sorted-id order (COCO-80: the label is the rank of the id, protocol.md §1). Image ids are used as
+sorted-id order (COCO-80: the label is the rank of the id, docs/protocol.md §1). Image ids are used as
 image indices.
 
 Detections: a COCO result file, a JSON list of ``{image_id, category_id, bbox: [x, y, w, h],

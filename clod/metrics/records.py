@@ -2,7 +2,7 @@
 
 Both evaluators (COCO in ``coco.py``, VOC in ``voc.py``) read these tables. One row is one box;
 the ``image`` column holds the dataset-global image index the box belongs to. Boxes are ``xyxy``
-in pixels, labels are global 0-based class indices (see shared/spec/README.md).
+in pixels, labels are global 0-based class indices (see docs/detector.md).
 """
 
 from __future__ import annotations

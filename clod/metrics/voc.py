@@ -1,6 +1,6 @@
 """Pascal VOC AP50: greedy matching by score, VOC07 11-point and all-point (VOC2010+) AP.
 
-Matching follows the VOC devkit (protocol.md §5):
+Matching follows the VOC devkit (docs/protocol.md §5):
 - detections of a class are processed in descending score order over the whole dataset (stable
   sort: equal scores keep their input order);
 - each detection looks at the ground truth of its image and class with the highest IoU, whether or

@@ -1,4 +1,4 @@
-"""NanoDet-Plus in plain PyTorch (nanodet_plus.md): no torchvision, no compiled extensions.
+"""NanoDet-Plus in plain PyTorch (docs/detector.md): no torchvision, no compiled extensions.
 
 Interface used by the rest of clod (B = batch, N = priors, C = allocated classes):
 

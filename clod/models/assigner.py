@@ -1,4 +1,4 @@
-"""DynamicSoftLabelAssigner (nanodet_plus.md §7), vectorised over the batch and the GTs.
+"""DynamicSoftLabelAssigner (docs/detector.md §7), vectorised over the batch and the GTs.
 
 Images with different GT counts are padded to the largest count with ``gt_valid`` masking
 the padding, so one call assigns the whole batch without a Python loop over images,
@@ -13,7 +13,7 @@ Conflicts (a prior among the dynamic-k picks of several GTs) are resolved by ``m
   GTs that picked it lose it. Only image padding has an infinite cost, so it never wins.
 * ``"selecting_gts"`` (clod's earlier rule, kept for comparison and for reproducing runs made
   with it): the argmin over the GTs that picked the prior only, so a positive always belongs to
-  a GT that selected it — the literal reading of spec §7 step 4.
+  a GT that selected it — the literal reading of docs/detector.md §7 step 4.
 
 A prior picked by exactly one GT keeps that GT under both rules.
 """

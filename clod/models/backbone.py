@@ -1,4 +1,4 @@
-"""ShuffleNetV2 feature extractor (nanodet_plus.md §3), without conv5 and fc.
+"""ShuffleNetV2 feature extractor (docs/detector.md §3), without conv5 and fc.
 
 Module names follow the layout of the ImageNet checkpoints published for torchvision
 (``conv1.0``, ``stage2.0.branch1.2``, ...) so those state dicts load key for key; see

@@ -62,7 +62,7 @@ def aligned_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = GIOU_EP
 
 
 def aligned_giou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = GIOU_EPS) -> torch.Tensor:
-    """Generalised IoU of matching rows, eps added to both the union and the hull (spec §6)."""
+    """Generalised IoU of matching rows, eps added to both the union and the hull (docs/detector.md §6)."""
     top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
     bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
     wh = (bottom_right - top_left).clamp(min=0)

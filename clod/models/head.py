@@ -1,4 +1,4 @@
-"""NanoDetPlusHead (nanodet_plus.md §5–§8, §11): towers, priors, loss, decoding and growth.
+"""NanoDetPlusHead (docs/detector.md §5–§8, §11): towers, priors, loss, decoding and growth.
 
 Conventions used by every method:
 
@@ -34,7 +34,7 @@ from clod.models.losses import (
 from clod.models.nms import batched_nms
 
 PRIOR_PROB = 0.01
-# log(0.01 / 0.99) rounded the way the spec states it, so every class starts at σ ≈ 0.01.
+# log(0.01 / 0.99) rounded as upstream rounds it (docs/detector.md §5), so every class starts at σ ≈ 0.01.
 CLS_BIAS_INIT = -4.595
 ASSIGNER_KEYS = ("topk", "iou_factor", "multi_match")
 
@@ -78,7 +78,7 @@ def expand_class_rows(
     new_classes: int,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-lay a ``gfl_cls`` weight/bias from C_o to C_n class rows (spec §11).
+    """Re-lay a ``gfl_cls`` weight/bias from C_o to C_n class rows (docs/detector.md §11).
 
     Class rows [0, C_o) stay put, box rows [C_o, end) move to [C_n, end + C_n − C_o), and the
     new class rows [C_o, C_n) get N(0, 0.01) weights and the prior bias.
@@ -224,7 +224,7 @@ class NanoDetPlusHead(nn.Module):
         input_size: tuple[int, int],
         class_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """QFL + 2·GIoU + 0.25·DFL with the assignments of :func:`assign` (spec §6–§7).
+        """QFL + 2·GIoU + 0.25·DFL with the assignments of :func:`assign` (docs/detector.md §6–§7).
 
         Args:
             raw: B×N×(C+32) head output.
@@ -327,7 +327,7 @@ class NanoDetPlusHead(nn.Module):
         max_det: int = 100,
         class_mask: torch.Tensor | None = None,
     ) -> list[dict[str, torch.Tensor]]:
-        """Post-process ``raw`` into per-image detections (spec §8).
+        """Post-process ``raw`` into per-image detections (docs/detector.md §8).
 
         Args:
             raw: B×N×(C+32).
@@ -372,7 +372,7 @@ class NanoDetPlusHead(nn.Module):
     # ------------------------------------------------------------------ growth
     @torch.no_grad()
     def grow(self, new_num_classes: int, generator: torch.Generator | None = None) -> None:
-        """Grow every level's output conv to ``new_num_classes`` class rows (spec §11)."""
+        """Grow every level's output conv to ``new_num_classes`` class rows (docs/detector.md §11)."""
         new_num_classes = int(new_num_classes)
         if new_num_classes == self.num_classes:
             return

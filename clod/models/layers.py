@@ -1,6 +1,6 @@
 """Convolution building blocks shared by the backbone, the neck and the head.
 
-Every block follows nanodet_plus.md §2: LeakyReLU(0.1) as activation, PyTorch-default
+Every block follows docs/detector.md §2: LeakyReLU(0.1) as activation, PyTorch-default
 BatchNorm, and no conv bias when a BN follows. Module attribute names are chosen so that
 the state-dict keys read naturally (``conv``/``bn``, ``depthwise``/``pointwise``, ...).
 """
@@ -50,7 +50,7 @@ class ConvModule(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
     def init_kaiming(self) -> None:
-        """Kaiming-normal (fan_out, leaky_relu) conv, BN weight 1 / bias 0 (spec §4)."""
+        """Kaiming-normal (fan_out, leaky_relu) conv, BN weight 1 / bias 0 (docs/detector.md §4)."""
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="leaky_relu")
         nn.init.ones_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
@@ -88,7 +88,7 @@ class DWConvModule(nn.Module):
             nn.init.zeros_(norm.bias)
 
     def init_normal(self, std: float) -> None:
-        """N(0, std) convs, BN weight 1 / bias 0: the head-tower init of spec §5."""
+        """N(0, std) convs, BN weight 1 / bias 0: the head-tower init of docs/detector.md §5."""
         for conv, norm in ((self.depthwise, self.dwnorm), (self.pointwise, self.pwnorm)):
             nn.init.normal_(conv.weight, mean=0.0, std=std)
             nn.init.ones_(norm.weight)

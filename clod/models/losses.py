@@ -1,4 +1,4 @@
-"""Quality Focal, Distribution Focal and GIoU losses (nanodet_plus.md §6).
+"""Quality Focal, Distribution Focal and GIoU losses (docs/detector.md §6).
 
 The functions return *unnormalised sums* (or per-element values); the head divides by the
 avg factors, which :func:`mean_over_ranks` averages over DDP ranks first.
@@ -30,7 +30,7 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 
 
 def avg_factor(value: torch.Tensor) -> torch.Tensor:
-    """The rank-averaged value floored at 1, as every normaliser in spec §6 uses."""
+    """The rank-averaged value floored at 1, as every normaliser in docs/detector.md §6 uses."""
     value = value.detach()
     if not value.is_floating_point():
         value = value.float()

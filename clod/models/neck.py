@@ -1,4 +1,4 @@
-"""GhostPAN neck (nanodet_plus.md §4): reduce, top-down and bottom-up Ghost fusion, one extra level."""
+"""GhostPAN neck (docs/detector.md §4): reduce, top-down and bottom-up Ghost fusion, one extra level."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Greedy, class-aware non-maximum suppression in plain PyTorch (nanodet_plus.md §8).
+"""Greedy, class-aware non-maximum suppression in plain PyTorch (docs/detector.md §8).
 
 Greedy NMS walks the boxes in descending score order and drops a box whose IoU with an
 already kept box of the same class is strictly greater than the threshold. The walk is

@@ -7,7 +7,7 @@ with ``munmap`` as soon as they are freed and maps them again on the next step; 
 them cuts the step time by about a third and makes step times steady.
 
 One more setting has to come from the environment because OpenMP reads it when torch is
-first imported: ``GOMP_SPINCOUNT=1000`` (``clod.bench`` sets it before importing torch).
+first imported: ``GOMP_SPINCOUNT=1000`` (``clod/__init__.py`` sets it before any clod module imports torch).
 It stops idle OpenMP workers from spinning for long, which on a shared 2-core machine
 makes training ~1.5× faster while another process is busy, at a 2–5 % cost when idle.
 """

@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from clod.models.head import NanoDetPlusHead, expand_class_rows
+from clod.utils.checkpoints import load_plain
 
 # torchvision's ImageNet checkpoints also carry the classifier part, which clod does not build.
 IMAGENET_DROPPED_PREFIXES = ("conv5.", "fc.")
 # Present in a checkpoint only if it was saved after BN gained this buffer.
 OPTIONAL_BUFFER_SUFFIX = "num_batches_tracked"
-# Prefixes never loaded into a detector: a strategy's frozen teacher (strategies.md §0).
+# Prefixes never loaded into a detector: a strategy's frozen teacher (docs/strategies.md §0).
 IGNORED_CHECKPOINT_PREFIXES = ("teacher.",)
 _ANCHOR_KEY = "backbone.conv1.0.weight"
 
@@ -30,13 +31,13 @@ class WeightLoadError(RuntimeError):
     """A state dict does not fit the model; the message names the offending keys."""
 
 
-def _read(source: Source, weights_only: bool = True) -> Mapping[str, object]:
+def _read(source: Source) -> Mapping[str, object]:
     if isinstance(source, Mapping):
         return source
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=weights_only)
+    return load_plain(path)  # tensors and plain types only: a weights file cannot run code
 
 
 def _tensors_only(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -98,21 +99,21 @@ def _detector_prefix(keys: list[str]) -> str:
 
 
 def load_detector_state(
-    detector: nn.Module, source: Source, prefix: str | None = None, weights_only: bool = True
+    detector: nn.Module, source: Source, prefix: str | None = None
 ) -> list[str]:
     """Load a clod detector checkpoint (a state dict or a Lightning ``.ckpt``) strictly.
 
     * a ``state_dict`` entry is used when present; keys under ``prefix`` (found
       automatically: whatever precedes ``backbone.``) are loaded, ``teacher.*`` never is;
     * a checkpoint with fewer classes than the model is re-laid out class/box row-wise
-      (nanodet_plus.md §11), so its regression rows never land in class slots;
-    * ``weights_only=False`` lets ``torch.load`` unpickle arbitrary objects (e.g. a
-      Lightning checkpoint's saved hyper-parameters): use it only for files you trust.
+      (docs/detector.md §11), so its regression rows never land in class slots;
+    * files are read with ``weights_only=True``: one that needs unpickling arbitrary objects
+      (a Lightning checkpoint with pickled hyper-parameters) is refused, never executed.
 
     Returns:
         The checkpoint keys that were not loaded (other modules of the checkpoint).
     """
-    raw = _read(source, weights_only=weights_only)
+    raw = _read(source)
     nested = raw.get("state_dict")
     state = _tensors_only(nested if isinstance(nested, Mapping) else raw)
     if prefix is None:

@@ -29,9 +29,10 @@ from clod.utils.run_config import result_config
 DONE = "done"  # summary.json: every task finished
 FAILED = "failed"  # state.json says failed and keeps the traceback
 RUNNING = "running"  # state.json says running: still training, or killed without a word
+INTERRUPTED = "interrupted"  # stopped by a signal (Ctrl-C, scancel): rerun it to resume
 INCOMPLETE = "incomplete"  # no state.json yet, or a file the status needs is missing
 UNREADABLE = "unreadable"  # a file is there but cannot be parsed
-STATUSES = (DONE, FAILED, RUNNING, INCOMPLETE, UNREADABLE)
+STATUSES = (DONE, FAILED, INTERRUPTED, RUNNING, INCOMPLETE, UNREADABLE)
 
 RUN_MARKERS = ("state.json", "config.yaml", ".hydra/config.yaml")
 # Folders that are never a run nor hold one: W&B's own run folders also have files/config.yaml.
@@ -174,9 +175,12 @@ def _fill(run: Run) -> None:
         run.summary = summary
         run.rows = list(summary.get("rows", []))
         run.tasks_done = int(summary.get("tasks_done", len(run.rows)))
-    elif state is not None and state.get("status") == "running":
-        run.status = RUNNING
+    elif state is not None and state.get("status") in (RUNNING, INTERRUPTED):
+        run.status = state["status"]
         run.rows = _read_rows(path / "results.csv")
+        if run.status == INTERRUPTED:
+            signal_name = state.get("signal") or "a signal"
+            run.error = f"stopped by {signal_name}; resumable: rerun the same command"
     elif state is not None and state.get("status") == DONE:
         run.error = "state.json says done but summary.json is missing"
     else:

@@ -5,7 +5,6 @@ differs, through these hooks, each with a default that means "plain training":
 
 - ``joint``: train once on every class (the upper bound) instead of task by task;
 - :meth:`Strategy.on_task_start`: freeze parts, build a teacher, before a task trains;
-- :meth:`Strategy.train_records`: the images the engine's default loader trains a task on;
 - :meth:`Strategy.train_loader`: a loader of its own for a task (replay's mixed batches);
 - :meth:`Strategy.training_loss`: extra loss terms, added to the detection loss;
 - :meth:`Strategy.on_task_end`: after a task is trained and evaluated (update a buffer);
@@ -20,17 +19,44 @@ A new strategy is one short file here plus one yaml in ``conf/strategy/``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, Protocol
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from clod.data.tasks import Task
-from clod.data.types import Batch, ImageRecord
+from clod.data.types import Batch
 from clod.models.head import HeadOutput
 
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
+FrozenBN = Literal["eval", "train"]
+
+
+class TrainingModule(Protocol):
+    """What a strategy sees of the engine's module (``clod.engine.module.CLODModule``).
+
+    The strategies depend on this, not on the engine: imports point from the engine to
+    the strategies, never back.
+    """
+
+    student: nn.Module  # neck + head: backbone features -> HeadOutput; trained
+    teacher: nn.Module | None  # what set_teacher installed; None before
+
+    def whole_model(self) -> nn.Module:
+        """Backbone, neck and head as one detector (images -> HeadOutput), sharing weights."""
+        ...
+
+    def freeze_backbone(self) -> None:
+        """No gradients, eval mode, one run per batch whose features feed student and teacher."""
+        ...
+
+    def set_teacher(self, teacher: nn.Module) -> None:
+        """Install a frozen teacher: eval mode, no gradients, outside the optimiser."""
+        ...
+
+    def set_frozen_bn(self, mode: FrozenBN) -> None:
+        """BatchNorm of the frozen parts: ``eval`` (running statistics) or ``train``."""
+        ...
 
 
 class Strategy:
@@ -45,26 +71,31 @@ class Strategy:
         if joint is not None:
             self.joint = bool(joint)
 
-    def on_task_start(self, module: CLODModule, task: Task) -> None:
+    def on_task_start(self, module: TrainingModule, task: Task) -> None:
         """Prepare ``module`` for ``task``; it holds the previous task's trained weights."""
 
-    def train_records(self, task: Task) -> Sequence[ImageRecord]:
-        return task.train
+    def train_loader(self, task: Task, data_cfg: Mapping[str, Any], seed: int) -> DataLoader | None:
+        """A training loader of the strategy's own for ``task``; None: the engine's default.
 
-    def train_loader(self, task: Task, data_cfg: Mapping[str, Any]) -> DataLoader | None:
-        """A training loader of the strategy's own for ``task``; None: the engine's default."""
+        Its sampler must be a :class:`~clod.data.sampling.EpochSampler` seeded from ``seed``
+        (the run's seed for this task), so that a resumed task trains on the same batches.
+        """
         return None
 
     def training_loss(
-        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
+        self,
+        module: TrainingModule,
+        batch: Batch,
+        features: Sequence[torch.Tensor],
+        output: HeadOutput,
     ) -> dict[str, torch.Tensor]:
         """Extra weighted loss terms for this batch, by name; they are summed into the loss."""
         return {}
 
-    def on_task_end(self, module: CLODModule, task: Task) -> None:
+    def on_task_end(self, module: TrainingModule, task: Task) -> None:
         """Called once the task is trained and evaluated."""
 
-    def memory(self, module: CLODModule) -> dict[str, int]:
+    def memory(self, module: TrainingModule) -> dict[str, int]:
         """Memory held for training, beyond the parameter counts the engine reports."""
         return {"buffer_images": 0, "buffer_bytes": 0}
 

@@ -1,12 +1,12 @@
 """What the distillation strategies share: a frozen teacher and the distillation terms.
 
-Teacher rules (strategies.md §0): a copy of the student's weights at task start, never
+Teacher rules (docs/strategies.md §0): a copy of the student's weights at task start, never
 updated, ``requires_grad=False``, outside the optimiser, its forward under ``no_grad``,
 in eval mode (the module's ``train()`` keeps it there), run on the student's augmented
 batch. ``frozen_bn: train`` is the reference's habit of leaving it in train mode; it is
 offered only for reference fidelity.
 
-Loss terms (strategies.md notation): ``z`` the raw class logits, ``f_l`` the head-tower
+Loss terms (docs/strategies.md notation): ``z`` the raw class logits, ``f_l`` the head-tower
 outputs; "MSE" is the mean over every element. A term over an empty selection is a zero
 still attached to the student's graph, so every DDP rank backpropagates the same graph.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +25,8 @@ from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.head import HeadOutput
-from clod.strategies.base import Strategy
+from clod.strategies.base import FrozenBN, Strategy, TrainingModule
 from clod.utils.signals import deferred_signals
-
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
-
-FrozenBN = Literal["eval", "train"]
 
 
 def attached_zero(prediction: torch.Tensor) -> torch.Tensor:
@@ -70,7 +65,7 @@ def tower_feature_mse(
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with no gradients, in eval mode (what ``CLODModule.set_teacher`` expects).
+    """A deep copy with no gradients, in eval mode (what ``TrainingModule.set_teacher`` expects).
 
     A stop signal arriving during the copy is delivered after it (see clod.utils.signals).
     """
@@ -83,10 +78,10 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 class TeacherStrategy(Strategy):
     """A strategy distilling from a frozen copy of the previous task's model.
 
-    Subclasses say what the teacher is (:meth:`build_teacher`), how it runs
-    (:meth:`teacher_forward`) and which terms they add. There is no teacher at task 0,
-    so task 0 is plain training and returns no term: it trains bit for bit as naive
-    does, which lets every such strategy share one base model (the base-model cache).
+    The teacher is the whole previous model unless a subclass says otherwise
+    (:meth:`build_teacher`, :meth:`teacher_forward`); subclasses add their terms. There
+    is no teacher at task 0, so task 0 is plain training and returns no term: it trains
+    bit for bit as naive does, which lets every such strategy share one base model.
 
     Args:
         frozen_bn: ``eval`` (clod): the teacher (and a frozen backbone) normalise with their
@@ -104,24 +99,26 @@ class TeacherStrategy(Strategy):
         # Global indices of the old classes of the current task (set at task start).
         self.old_classes = torch.zeros(0, dtype=torch.long)
 
-    def build_teacher(self, module: CLODModule) -> nn.Module:
-        """The part of ``module`` to copy as teacher; it holds the previous task's weights."""
-        raise NotImplementedError
+    def build_teacher(self, module: TrainingModule) -> nn.Module:
+        """The part of ``module`` to copy as teacher (it holds the previous task's weights);
+        by default the whole model: backbone, neck and head."""
+        return module.whole_model()
 
     def teacher_forward(
         self, teacher: nn.Module, batch: Batch, features: Sequence[torch.Tensor]
     ) -> HeadOutput:
-        """The teacher's output on this batch (called under ``no_grad``)."""
-        raise NotImplementedError
+        """The teacher's output on this batch (called under ``no_grad``); by default the
+        whole teacher model on the student's images."""
+        return teacher(batch.images)
 
-    def on_task_start(self, module: CLODModule, task: Task) -> None:
+    def on_task_start(self, module: TrainingModule, task: Task) -> None:
         self.old_classes = torch.tensor(task.old, dtype=torch.long)
-        module.frozen_bn_train = self.frozen_bn == "train"
+        module.set_frozen_bn(self.frozen_bn)
         if task.index > 0:
             module.set_teacher(frozen_copy(self.build_teacher(module)))
 
     def teacher_output(
-        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor]
+        self, module: TrainingModule, batch: Batch, features: Sequence[torch.Tensor]
     ) -> HeadOutput | None:
         """The teacher's output without gradients; None before there is a teacher (task 0)."""
         if module.teacher is None:

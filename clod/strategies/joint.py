@@ -1,4 +1,4 @@
-"""Joint training on every class of the scenario at once: the upper bound (strategies.md §2).
+"""Joint training on every class of the scenario at once: the upper bound (docs/strategies.md §2).
 
 One task holds every image with a box of any scenario class, keeping all their boxes.
 """

@@ -1,4 +1,4 @@
-"""Latent Distillation (strategies.md §6).
+"""Latent Distillation (docs/strategies.md §6).
 
 From task ``freeze_from_task`` on, the backbone is frozen (eval mode, no gradients) and
 shared: it runs **once** per batch, under ``no_grad``, and its features feed both the
@@ -15,7 +15,7 @@ the reference's HEAD driver does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,10 +24,8 @@ from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.head import HeadOutput
+from clod.strategies.base import TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, class_and_feature_terms
-
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
 
 
 class LatentDistillation(TeacherStrategy):
@@ -53,12 +51,12 @@ class LatentDistillation(TeacherStrategy):
         self.beta = float(beta)
         self.freeze_from_task = int(freeze_from_task)
 
-    def on_task_start(self, module: CLODModule, task: Task) -> None:
+    def on_task_start(self, module: TrainingModule, task: Task) -> None:
         if task.index >= self.freeze_from_task:
             module.freeze_backbone()
         super().on_task_start(module, task)
 
-    def build_teacher(self, module: CLODModule) -> nn.Module:
+    def build_teacher(self, module: TrainingModule) -> nn.Module:
         return module.student
 
     def teacher_forward(
@@ -67,7 +65,11 @@ class LatentDistillation(TeacherStrategy):
         return teacher(features)  # the shared backbone's features: no second backbone pass
 
     def training_loss(
-        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
+        self,
+        module: TrainingModule,
+        batch: Batch,
+        features: Sequence[torch.Tensor],
+        output: HeadOutput,
     ) -> dict[str, torch.Tensor]:
         teacher = self.teacher_output(module, batch, features)
         if teacher is None:

@@ -1,4 +1,4 @@
-"""Learning without Forgetting as the reference implements it (strategies.md §4).
+"""Learning without Forgetting as the reference implements it (docs/strategies.md §4).
 
 Everything is trainable; the teacher is the whole previous model (backbone, neck and
 head), run on the student's batch. L = L_det + α·MSE(H^S, H^T) with H the whole raw head
@@ -10,24 +10,20 @@ old classes' logits (a variant, not the reference).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
-from torch import nn
 
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.detector import Detector
 from clod.models.head import HeadOutput
+from clod.strategies.base import TrainingModule
 from clod.strategies.distillation import (
     FrozenBN,
     TeacherStrategy,
     class_logit_mse,
     whole_output_mse,
 )
-
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
 
 
 class LwF(TeacherStrategy):
@@ -49,16 +45,12 @@ class LwF(TeacherStrategy):
         self.alpha = float(alpha)
         self.outputs = outputs
 
-    def build_teacher(self, module: CLODModule) -> nn.Module:
-        return Detector(module.backbone, module.student.neck, module.student.head)
-
-    def teacher_forward(
-        self, teacher: nn.Module, batch: Batch, features: Sequence[torch.Tensor]
-    ) -> HeadOutput:
-        return teacher(batch.images)
-
     def training_loss(
-        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
+        self,
+        module: TrainingModule,
+        batch: Batch,
+        features: Sequence[torch.Tensor],
+        output: HeadOutput,
     ) -> dict[str, torch.Tensor]:
         teacher = self.teacher_output(module, batch, features)
         if teacher is None:

@@ -1,4 +1,4 @@
-"""Fine-tuning on each new task: the lower bound (strategies.md §1).
+"""Fine-tuning on each new task: the lower bound (docs/strategies.md §1).
 
 Old objects in new images are background, so forgetting is catastrophic. Nothing
 differs from plain training.

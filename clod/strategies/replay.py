@@ -1,11 +1,11 @@
-"""Experience replay with a fixed-size image buffer (strategies.md §3).
+"""Experience replay with a fixed-size image buffer (docs/strategies.md §3).
 
 - The buffer (``capacity`` images, default 250) is filled from task 0's training images
   after task 0, then updated after every task by ``policy``: ``half`` (the reference:
   keep M/2 random old items and add M/2 random task images; ``random`` is an alias) or
   ``class_balanced`` (replace k·|New_t| random items, k = ⌊M/|S_t|⌋).
 - Items keep the boxes of the task they were drawn from (a task-0 image carries only
-  task-0 boxes; protocol.md §3) and go through the same training augmentation.
+  task-0 boxes; docs/protocol.md §3) and go through the same training augmentation.
 - From task 1 on, every batch is ``B − round(buffer_fraction·B)`` task images plus
   ``round(buffer_fraction·B)`` buffer images, each part shuffled on its own
   (:class:`~clod.data.mixing.MixedReplaySampler`); an epoch is ⌊|D_t| / task part⌋ steps.
@@ -17,20 +17,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import DataLoader
 
-from clod.data.dataset import collate
-from clod.data.loaders import train_dataset
+from clod.data.loaders import sampled_train_loader
 from clod.data.mixing import MixedReplaySampler
 from clod.data.replay import ReplayBuffer
 from clod.data.tasks import Task
 from clod.errors import ConfigError
-from clod.strategies.base import Strategy
-
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
+from clod.strategies.base import Strategy, TrainingModule
 
 # The issue names the reference's 50% update "random"; the buffer calls it "half".
 POLICY_ALIASES = {"random": "half"}
@@ -70,13 +66,13 @@ class Replay(Strategy):
         # What the buffer held while the current task trained (it changes only at task end).
         self.training_buffer = {"buffer_images": 0, "buffer_bytes": 0}
 
-    def on_task_start(self, module: CLODModule, task: Task) -> None:
+    def on_task_start(self, module: TrainingModule, task: Task) -> None:
         self.training_buffer = {
             "buffer_images": len(self.buffer) if task.index > 0 else 0,
             "buffer_bytes": self.buffer.memory_bytes() if task.index > 0 else 0,
         }
 
-    def train_loader(self, task: Task, data_cfg: Mapping[str, Any]) -> DataLoader | None:
+    def train_loader(self, task: Task, data_cfg: Mapping[str, Any], seed: int) -> DataLoader | None:
         if task.index == 0 or len(self.buffer) == 0:
             return None  # task 0 trains plainly (and so shares the base model)
         task_part, buffer_part = split_batch(int(data_cfg["batch_size"]), self.buffer_fraction)
@@ -85,33 +81,21 @@ class Replay(Strategy):
                 f"task {task.index} has {len(task.train)} training images, fewer than the "
                 f"{task_part} task images of a mixed batch: lower data.batch_size"
             )
-        dataset = ConcatDataset(
-            [train_dataset(task.train, data_cfg), train_dataset(self.buffer.records, data_cfg)]
-        )
         sampler = MixedReplaySampler(
-            dataset,
             task_size=len(task.train),
             buffer_size=len(self.buffer),
             task_per_batch=task_part,
             buffer_per_batch=buffer_part,
-            seed=self.seed + 7919 * task.index,  # a different order in every task
+            seed=seed + 7919 * self.seed,  # the task's loader seed, moved by the buffer's own
         )
-        workers = int(data_cfg.get("num_workers", 0))
-        return DataLoader(
-            dataset,
-            batch_size=task_part + buffer_part,
-            sampler=sampler,
-            drop_last=True,
-            num_workers=workers,  # from the data config (the reference hard-codes it)
-            persistent_workers=workers > 0,
-            collate_fn=collate,
-        )
+        # One dataset: the task's records, then the buffer's (the sampler's index ranges).
+        return sampled_train_loader([*task.train, *self.buffer.records], sampler, data_cfg)
 
-    def on_task_end(self, module: CLODModule, task: Task) -> None:
+    def on_task_end(self, module: TrainingModule, task: Task) -> None:
         # task.train holds the task's images with only its own classes' boxes.
         self.buffer.update(task.index, task.train, task.new, task.seen)
 
-    def memory(self, module: CLODModule) -> dict[str, int]:
+    def memory(self, module: TrainingModule) -> dict[str, int]:
         return dict(self.training_buffer)
 
     def state_dict(self) -> dict[str, Any]:

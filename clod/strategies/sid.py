@@ -1,4 +1,4 @@
-"""SID as the reference implements it (strategies.md §5).
+"""SID as the reference implements it (docs/strategies.md §5).
 
 Everything is trainable; the teacher is the whole previous model, run on the student's
 batch. L = L_det + α·L_cls + β·L_feat:
@@ -14,18 +14,13 @@ gives ``alpha`` and ``beta`` the same meaning here and in ``latent``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from clod.data.types import Batch
-from clod.models.detector import Detector
 from clod.models.head import HeadOutput
+from clod.strategies.base import TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, class_and_feature_terms
-
-if TYPE_CHECKING:
-    from clod.engine.module import CLODModule
 
 
 class SID(TeacherStrategy):
@@ -45,16 +40,12 @@ class SID(TeacherStrategy):
         self.alpha = float(alpha)
         self.beta = float(beta)
 
-    def build_teacher(self, module: CLODModule) -> nn.Module:
-        return Detector(module.backbone, module.student.neck, module.student.head)
-
-    def teacher_forward(
-        self, teacher: nn.Module, batch: Batch, features: Sequence[torch.Tensor]
-    ) -> HeadOutput:
-        return teacher(batch.images)
-
     def training_loss(
-        self, module: CLODModule, batch: Batch, features: Sequence[torch.Tensor], output: HeadOutput
+        self,
+        module: TrainingModule,
+        batch: Batch,
+        features: Sequence[torch.Tensor],
+        output: HeadOutput,
     ) -> dict[str, torch.Tensor]:
         teacher = self.teacher_output(module, batch, features)
         if teacher is None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-
 def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

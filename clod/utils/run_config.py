@@ -12,9 +12,23 @@ from typing import Any
 
 # Top-level keys that do not change a run's results.
 NEUTRAL_KEYS = frozenset(
-    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "task_name", "base_cache"}
+    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "base_cache", "checkpoint"}
 )
-NEUTRAL_SUBKEYS = frozenset({"trainer.enable_progress_bar", "data.num_workers"})
+NEUTRAL_SUBKEYS = frozenset(
+    {
+        "data.num_workers",  # the order and augmentations do not depend on the workers
+        # the Trainer's copies of the hardware keys (conf/trainer/default.yaml)
+        "trainer.accelerator",
+        "trainer.devices",
+        "trainer.num_nodes",
+        "trainer.strategy",
+        "trainer.precision",
+        # what is shown and logged, not what is computed
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "trainer.log_every_n_steps",
+    }
+)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

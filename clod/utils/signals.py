@@ -48,3 +48,53 @@ def deferred_signals(signums: Iterable[signal.Signals] = STOP_SIGNALS) -> Iterat
             signal.signal(signum, handler)
         for signum in received:  # now the real handlers run, outside the protected code
             signal.raise_signal(signum)
+
+
+class RunInterrupted(BaseException):
+    """A run was stopped by a signal (Ctrl-C, ``kill``, ``scancel``): resumable, not failed.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it;
+    Lightning, which turns a KeyboardInterrupt into ``sys.exit(1)``, lets it through.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.signal_name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal_name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "ended by signal N"
+
+
+@contextlib.contextmanager
+def interrupt_on_stop_signals(
+    signums: Iterable[signal.Signals] = (signal.SIGINT, signal.SIGTERM),
+) -> Iterator[list[int]]:
+    """Within the block, ``signums`` raise :class:`RunInterrupted` in the main thread.
+
+    A handler someone else installed (submitit's, which requeues on its own signals and
+    ignores SIGTERM while SLURM preempts) is left in place. Yields the list of signals
+    received, so a caller can tell an error caused by the stop (a data worker killed by the
+    same signal) from a real failure.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        raise RunInterrupted(signum)
+
+    previous = {}
+    for signum in signums:
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_DFL, signal.default_int_handler, None):
+            previous[signum] = handler
+            signal.signal(signum, interrupt)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

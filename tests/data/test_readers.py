@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clod.data.classes import VOC_CLASSES
 from clod.data.coco import read_coco
-from clod.data.voc import VOC_CLASSES, read_voc
+from clod.data.voc import read_voc
 from clod.errors import DataError
 from tests.builders import Img, Obj, write_coco, write_voc
 from tests.data.conftest import CATEGORY_IDS, CLASSES

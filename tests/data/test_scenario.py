@@ -1,4 +1,4 @@
-"""Every shipped scenario file against protocol.md's class lists, and scenario errors."""
+"""Every shipped scenario file against docs/protocol.md's class lists, and scenario errors."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from clod.data.coco import COCO_CLASSES
+from clod.data.classes import COCO_CLASSES, VOC_CLASSES
 from clod.data.scenario import parse_splits, resolve_scenario
-from clod.data.voc import VOC_CLASSES
 from clod.errors import ConfigError
 
 SCENARIO_DIR = Path(__file__).parents[2] / "conf" / "scenario"
@@ -23,7 +22,7 @@ def r(a: int, b: int) -> tuple[int, ...]:
     return tuple(range(a, b))
 
 
-# protocol.md §2: the reference scenario table and the COCO splits.
+# docs/protocol.md §2: the reference scenario table and the COCO splits.
 EXPECTED = {
     "10p10": ("voc", [r(0, 10), r(10, 20)]),
     "15p5": ("voc", [r(0, 15), r(15, 20)]),

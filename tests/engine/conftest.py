@@ -8,9 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).parents[2]
 
@@ -49,8 +51,10 @@ def run_train(
     return result
 
 
-def kill_when_exists(run_dir: Path, data_dir: Path, marker: Path, *overrides: str) -> None:
-    """Start a run and SIGKILL it (a real signal) as soon as ``marker`` exists."""
+def kill_when(
+    run_dir: Path, data_dir: Path, condition: Callable[[], bool], *overrides: str
+) -> None:
+    """Start a run and SIGKILL it (a real signal) as soon as ``condition()`` holds."""
     process = subprocess.Popen(
         train_command(run_dir, *overrides),
         cwd=ROOT,
@@ -59,10 +63,22 @@ def kill_when_exists(run_dir: Path, data_dir: Path, marker: Path, *overrides: st
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not condition() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
+
+
+def kill_when_exists(run_dir: Path, data_dir: Path, marker: Path, *overrides: str) -> None:
+    """Start a run and SIGKILL it as soon as ``marker`` exists."""
+    kill_when(run_dir, data_dir, marker.exists, *overrides)
+
+
+def loader_position(checkpoint: Path) -> dict | None:
+    """The loader position a last.ckpt records (None while there is none)."""
+    if not checkpoint.exists():
+        return None
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["loader_position"]
 
 
 def run_sweep(

@@ -71,5 +71,5 @@ def test_bf16_mixed_precision_run_keeps_float32_weights(tmp_path: Path, data_dir
     assert result.returncode == 0, result.stderr[-3000:]
     rows = read_rows(run_dir / "results.csv")
     assert len(rows) == 1 and 0.0 <= float(rows[0]["map50"]) <= 1.0
-    weights = torch.load(run_dir / "checkpoints" / "task_0.pt", weights_only=False)["detector"]
+    weights = torch.load(run_dir / "checkpoints" / "task_0.pt", weights_only=True)["detector"]
     assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,12 @@ import torch
 from tests.engine.conftest import (
     ROOT,
     clod_env,
+    kill_when,
     kill_when_exists,
+    loader_position,
     run_sweep,
     run_train,
+    train_command,
     wandb_inspect,
     wandb_run_record,
 )
@@ -60,7 +65,7 @@ def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Pa
 
     state = json.loads((run_dir / "state.json").read_text())
     assert state["status"] == "done" and state["tasks_done"] == [0, 1, 2]
-    checkpoint = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=True)
     assert any(k.startswith("backbone.") for k in checkpoint["detector"])
     assert not any(k.startswith("teacher.") for k in checkpoint["detector"])
 
@@ -94,8 +99,27 @@ def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Pa
     assert bad.returncode == 2 and "task_9.pt does not exist" in bad.stderr
 
 
+def assert_same_run(expected_dir: Path, run_dir: Path, last_task: int) -> None:
+    """Identical metrics in results.csv and bit-identical final weights."""
+    expected = read_rows(expected_dir / "results.csv")
+    got = read_rows(run_dir / "results.csv")
+    assert [{k: r[k] for k in METRIC_COLUMNS} for r in got] == [
+        {k: r[k] for k in METRIC_COLUMNS} for r in expected
+    ]
+    final = f"checkpoints/task_{last_task}.pt"
+    final_a = torch.load(expected_dir / final, weights_only=True)["detector"]
+    final_b = torch.load(run_dir / final, weights_only=True)["detector"]
+    for key, value in final_a.items():
+        assert torch.equal(value, final_b[key]), key
+
+
+# The default data config's loader: 2 persistent workers, whose augmentation streams must
+# not depend on how long a worker lived or which worker drew a sample.
+WORKERS = ("data.num_workers=2",)
+
+
 def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) -> None:
-    overrides = ("trainer.epochs=4",)
+    overrides = ("trainer.epochs=4", *WORKERS)
     reference = run_train(tmp_path / "uninterrupted", data_dir, *overrides)
     assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -106,25 +130,81 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) 
     state = json.loads((run_dir / "state.json").read_text())
     assert state["tasks_done"] == [0], "the kill must land in the middle of task 2"
     # ... after an epoch of it and before its last: the resume continues the task mid-way
-    assert 0 <= torch.load(marker, weights_only=False)["epoch"] < 3
+    assert 0 <= torch.load(marker, weights_only=True)["epoch"] < 3
 
     resumed = run_train(run_dir, data_dir, *overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "tasks 1 already done" in resumed.stdout
-
-    expected = read_rows(tmp_path / "uninterrupted" / "results.csv")
-    got = read_rows(run_dir / "results.csv")
-    assert [{k: r[k] for k in METRIC_COLUMNS} for r in got] == [
-        {k: r[k] for k in METRIC_COLUMNS} for r in expected
-    ]
-    # not only the metrics: the final weights are bit-identical
-    final_a = torch.load(
-        tmp_path / "uninterrupted" / "checkpoints" / "task_2.pt", weights_only=False
-    )
-    final_b = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=False)
-    for key, value in final_a["detector"].items():
-        assert torch.equal(value, final_b["detector"][key]), key
+    assert_same_run(tmp_path / "uninterrupted", run_dir, 2)
     assert json.loads((run_dir / "state.json").read_text())["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_killed_mid_epoch_on_the_default_loader_resumes_bit_identically(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """data=synthetic as a user gets it (batch 32, 192 px, 2 persistent workers, the default
+    augmentation) on a smaller generated set; killed between two epoch ends of task 2."""
+    overrides = (
+        "data=synthetic", "+data.generate.num_trainval=200", "+data.generate.num_test=40",
+        "model=nanodet_tiny", "scenario=custom", "scenario.splits=10+10",
+        "trainer.epochs=2", "trainer.incremental_epochs=3",
+        # a checkpoint after every step but the last of an epoch (0.06 s apart at least)
+        "checkpoint.every_n_minutes=0.001",
+    )  # fmt: skip
+    reference = run_train(tmp_path / "uninterrupted", data_dir, *overrides)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    batches = int(read_rows(tmp_path / "uninterrupted" / "results.csv")[1]["steps"]) // 3
+    assert batches >= 3, "task 2 needs a few batches per epoch to be killed inside one"
+
+    run_dir = tmp_path / "interrupted"
+    checkpoint = run_dir / "checkpoints" / "task_1" / "last.ckpt"
+
+    def inside_second_epoch() -> bool:
+        position = loader_position(checkpoint)
+        return position is not None and position["epoch"] == 1 and position["batches_done"] > 0
+
+    kill_when(run_dir, data_dir, inside_second_epoch, *overrides)
+    position = loader_position(checkpoint)
+    assert position["epoch"] == 1 and 0 < position["batches_done"] < batches, position
+    resumed = run_train(run_dir, data_dir, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"epoch 2, after batch {position['batches_done']}" in resumed.stdout
+    assert_same_run(tmp_path / "uninterrupted", run_dir, 1)
+
+
+def test_sigterm_records_an_interrupted_resumable_run(tmp_path: Path, data_dir: Path) -> None:
+    """A stop signal is not a failure: state.json says interrupted, the report agrees, and
+    rerunning resumes. The run has 2 data workers, which get the signal too."""
+    import signal
+
+    overrides = ("trainer.epochs=4", *WORKERS)
+    run_dir = tmp_path / "run"
+    marker = run_dir / "checkpoints" / "task_0" / "last.ckpt"
+    process = subprocess.Popen(
+        train_command(run_dir, *overrides), cwd=ROOT, env=clod_env(data_dir),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGTERM)  # the whole group, as scancel and Ctrl-C do
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "interrupted by SIGTERM: rerun the same command to resume" in stderr
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["signal"] == "SIGTERM"
+    assert "error" not in state
+
+    from clod.reporting.collect import read_run
+
+    run = read_run(run_dir, tmp_path)
+    assert run.status == "interrupted" and "resumable" in run.error
+
+    resumed = run_train(run_dir, data_dir, *overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["status"] == "done" and "signal" not in state
 
 
 def test_wandb_offline_run_holds_config_task_metrics_and_summary(

@@ -1,4 +1,4 @@
-"""The learning-rate factor against values worked out by hand (protocol.md §6)."""
+"""The learning-rate factor against values worked out by hand (docs/protocol.md §6)."""
 
 from __future__ import annotations
 

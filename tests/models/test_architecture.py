@@ -1,4 +1,4 @@
-"""Parameter counts, conv MACs and output shapes against nanodet_plus.md §1, §2, §12."""
+"""Parameter counts, conv MACs and output shapes against docs/detector.md §1, §2, §12."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from clod.models.layers import DWConvModule, GhostBottleneck
 from tests.models.helpers import build_model, parameter_count
 
-# (config, backbone, neck, head, total) at C = 20 — the table of spec §12.
+# (config, backbone, neck, head, total) at C = 20 — the table of docs/detector.md §12.
 PARAMETER_TABLE = [
     ("nanodet_plus_m", 776_420, 282_048, 116_176, 1_174_644),
     ("nanodet_plus_m_0.5x", 143_136, 236_352, 116_176, 495_664),
@@ -85,7 +85,7 @@ def conv_macs(module: torch.nn.Module, *inputs: object) -> tuple[float, object]:
     return flops / 2, out
 
 
-# (config, side, backbone, neck, head, total) conv MACs in millions — spec §12.
+# (config, side, backbone, neck, head, total) conv MACs in millions — docs/detector.md §12.
 MAC_TABLE = [
     ("nanodet_plus_m", 320, 246.13, 132.37, 59.98, 438.47),
     ("nanodet_plus_m_0.5x", 320, 60.85, 114.09, 59.98, 234.92),

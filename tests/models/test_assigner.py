@@ -1,4 +1,4 @@
-"""DynamicSoftLabelAssigner on hand-checkable cases (nanodet_plus.md §7)."""
+"""DynamicSoftLabelAssigner on hand-checkable cases (docs/detector.md §7)."""
 
 from __future__ import annotations
 

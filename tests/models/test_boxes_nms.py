@@ -1,4 +1,4 @@
-"""Box geometry and class-aware NMS (nanodet_plus.md §5, §8)."""
+"""Box geometry and class-aware NMS (docs/detector.md §5, §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loss normalisers are averaged over DDP ranks (nanodet_plus.md §6), with two real
+"""Loss normalisers are averaged over DDP ranks (docs/detector.md §6), with two real
 gloo processes; a rank without positives must not stall the others."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Priors, decoding, post-processing, head growth and BN folding (nanodet_plus.md §5, §8, §11)."""
+"""Priors, decoding, post-processing, head growth and BN folding (docs/detector.md §5, §8, §11)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """QFL, DFL and GIoU on hand-made numbers, and the whole head loss against a literal
-plain-Python transcription of nanodet_plus.md §6–§7."""
+plain-Python transcription of docs/detector.md §6–§7."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ BN_ENTRIES = ("weight", "bias", "running_mean", "running_var", "num_batches_trac
 
 
 def torchvision_layout_keys() -> list[str]:
-    """ShuffleNetV2 keys written out from torchvision's module layout (nanodet_plus.md §3)."""
+    """ShuffleNetV2 keys written out from torchvision's module layout (docs/detector.md §3)."""
     keys = [f"conv1.0.{p}" for p in CONV_PARAMS] + [f"conv1.1.{p}" for p in BN_ENTRIES]
     for stage, units in UNITS.items():
         for unit in range(units):

@@ -1,4 +1,4 @@
-"""Memory and compute accounting for the mAP-vs-memory comparison (strategies.md §0 "Costs")."""
+"""Memory and compute accounting for the mAP-vs-memory comparison (docs/strategies.md §0 "Costs")."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def weights(run_dir: Path, task: int) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / f"task_{task}.pt", weights_only=False)["detector"]
+    return torch.load(run_dir / "checkpoints" / f"task_{task}.pt", weights_only=True)["detector"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_checkpoints_hold_no_teacher_and_latent_keeps_its_backbone(runs: dict[st
     assert all(torch.equal(base[k], first[k]) and torch.equal(base[k], last[k]) for k in backbone)
     head = [k for k in base if k.startswith("head.")]
     assert any(not torch.equal(base[k], last[k]) for k in head)
-    state = torch.load(runs["replay"] / "checkpoints" / "task_1.pt", weights_only=False)
+    state = torch.load(runs["replay"] / "checkpoints" / "task_1.pt", weights_only=True)
     buffer = state["strategy"]["buffer"]
     assert buffer["capacity"] == 250 and len(buffer["items"]) == 26 + 17
 
@@ -140,6 +140,6 @@ def test_killed_run_resumes_to_the_same_weights(
         reference, resumed_weights = weights(runs[name], task), weights(run_dir, task)
         assert all(torch.equal(v, resumed_weights[k]) for k, v in reference.items())
     if name == "replay":  # the buffer went on exactly as in the uninterrupted run
-        a = torch.load(runs[name] / "checkpoints" / "task_2.pt", weights_only=False)
-        b = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=False)
+        a = torch.load(runs[name] / "checkpoints" / "task_2.pt", weights_only=True)
+        b = torch.load(run_dir / "checkpoints" / "task_2.pt", weights_only=True)
         assert a["strategy"]["buffer"]["items"] == b["strategy"]["buffer"]["items"]

@@ -48,7 +48,7 @@ def trained_through(strategy: Replay, tasks, last: int) -> None:
 
 def test_task_zero_uses_the_engine_loader_and_fills_the_buffer(tasks) -> None:
     strategy = build_strategy("replay", capacity=10)
-    assert strategy.train_loader(tasks[0], DATA) is None
+    assert strategy.train_loader(tasks[0], DATA, seed=0) is None
     assert strategy.base_training_signature() == {}  # task 0 is plain: shares the base model
     trained_through(strategy, tasks, 0)
     assert len(strategy.buffer) == 10
@@ -58,7 +58,7 @@ def test_task_zero_uses_the_engine_loader_and_fills_the_buffer(tasks) -> None:
 def test_mixed_batches_have_the_configured_mix_and_keep_buffer_labels(tasks) -> None:
     strategy = build_strategy("replay", capacity=10)
     trained_through(strategy, tasks, 0)
-    loader = strategy.train_loader(tasks[1], DATA)
+    loader = strategy.train_loader(tasks[1], DATA, seed=0)
     assert loader is not None
     task_ids = {r.image_id for r in tasks[1].train}
     buffer_ids = {r.image_id for r in strategy.buffer.records}
@@ -83,7 +83,7 @@ def test_mixed_batches_have_the_configured_mix_and_keep_buffer_labels(tasks) -> 
 def test_buffer_fraction_sets_the_split(tasks) -> None:
     strategy = build_strategy("replay", capacity=10, buffer_fraction=0.25)
     trained_through(strategy, tasks, 0)
-    loader = strategy.train_loader(tasks[1], DATA)
+    loader = strategy.train_loader(tasks[1], DATA, seed=0)
     assert len(loader) == 13 // 6
     first = next(iter(loader))
     task_ids = {r.image_id for r in tasks[1].train}
@@ -92,25 +92,31 @@ def test_buffer_fraction_sets_the_split(tasks) -> None:
         Replay(buffer_fraction=1.0)
 
 
+def indices(keys) -> list[int]:
+    return [key.index for key in keys]
+
+
 def test_sampler_orders_follow_seed_and_epoch() -> None:
     def sampler(seed: int) -> MixedReplaySampler:
         return MixedReplaySampler(
-            [0] * 25, task_size=20, buffer_size=5, task_per_batch=4, buffer_per_batch=4, seed=seed
+            task_size=20, buffer_size=5, task_per_batch=4, buffer_per_batch=4, seed=seed
         )
 
     a, b = sampler(3), sampler(3)
-    assert list(a) == list(b)  # a resumed epoch replays the same batches
-    first = list(a)
+    assert list(a) == list(b)  # a resumed epoch replays the same batches and augmentations
+    first = indices(a)
     a.set_epoch(1)
-    assert list(a) != first  # a new epoch, a new order
-    assert list(sampler(4)) != first
+    assert indices(a) != first  # a new epoch, a new order
+    assert indices(sampler(4)) != first
     assert sorted(first[i] for i in range(len(first)) if i % 8 < 4) == list(range(20))
+    # every draw of an epoch has its own augmentation seed, even a buffer image drawn twice
+    assert len({key.entropy for key in a}) == len(first)
 
 
 def test_sampler_shards_whole_batches_across_ranks() -> None:
     def rank(r: int) -> MixedReplaySampler:
         return MixedReplaySampler(
-            [0] * 30, 21, 9, task_per_batch=3, buffer_per_batch=2, seed=0, num_replicas=2, rank=r
+            21, 9, task_per_batch=3, buffer_per_batch=2, num_replicas=2, rank=r
         )
 
     # Lightning inserts its own DistributedSampler unless the sampler is one: this one
@@ -120,8 +126,11 @@ def test_sampler_shards_whole_batches_across_ranks() -> None:
     assert len(batches) == 7
     zero, one = list(rank(0)), list(rank(1))
     assert len(zero) == len(one) == 3 * 5  # ⌊7 / 2⌋ batches of 5 per rank
-    assert zero == [i for b in batches[0:6:2] for i in b]
-    assert one == [i for b in batches[1:6:2] for i in b]
+    assert indices(zero) == [i for b in batches[0:6:2] for i in b]
+    assert indices(one) == [i for b in batches[1:6:2] for i in b]
+    # a rank draws each sample's augmentation as one process would at that position
+    single = list(MixedReplaySampler(21, 9, task_per_batch=3, buffer_per_batch=2))
+    assert set(zero) | set(one) == set(single[: 6 * 5])
 
 
 def test_half_policy_through_the_strategy(tasks) -> None:
