@@ -27,6 +27,7 @@ from torch import nn
 
 from clod.data.tasks import Task
 from clod.data.types import Batch
+from clod.engine import quiet  # noqa: F401  (Lightning's expected warnings, silenced once)
 from clod.engine.evaluation import decode_for_evaluation, record_targets
 from clod.engine.schedule import WarmupCosine, warmup_steps
 from clod.metrics.detection import DetectionMetric, DetectionResult

@@ -13,6 +13,8 @@ import warnings
 # per-task banner instead.
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# ... except what a user asked for: a profiler's report (`debug=profiler`) comes at INFO.
+logging.getLogger("lightning.pytorch.profilers").setLevel(logging.INFO)
 
 EXPECTED_WARNINGS = (
     # Evaluation runs through trainer.validate with its own loader, after fitting.

@@ -37,7 +37,6 @@ from clod.data.loaders import eval_loader, train_loader
 from clod.data.sampling import EpochSampler, task_seed
 from clod.data.scenario import Scenario
 from clod.data.tasks import Task
-from clod.engine import quiet  # noqa: F401  (Lightning's expected warnings, silenced once)
 from clod.engine.base_cache import BaseModelCache, CachedBase
 from clod.engine.cost import training_step_conv_macs
 from clod.engine.loggers import RunLoggers

@@ -14,8 +14,9 @@ from tests.strategies.conftest import build_model
 
 STRATEGIES = ["replay", "lwf", "sid", "latent"]  # the first one trains task 0, the rest reuse it
 # Four epochs in the later tasks leave time to kill a run in the middle of one; one thread
-# keeps the runs quick on a machine whose cores are busy with other work.
-OVERRIDES = ("trainer.incremental_epochs=4", "hardware.threads=1")
+# keeps the runs quick on a machine whose cores are busy with other work; two persistent
+# loader workers, as the default data config has (resume must not depend on them).
+OVERRIDES = ("trainer.incremental_epochs=4", "hardware.threads=1", "data.num_workers=2")
 METRICS = ["task", "map", "map50", "old/map50", "new/map50", "steps", "params_held",
            "params_trainable", "params_teacher", "buffer_images", "macs_conv_step"]  # fmt: skip
 
