@@ -231,10 +231,12 @@ class CLODModule(pl.LightningModule):
             del state[key]  # rebuilt from the previous task's weights
         # The loader's order and augmentations are functions of (seed, epoch, position)
         # (clod.data.sampling): the position is all a resumed run needs to continue them.
-        checkpoint["loader_position"] = {
-            "epoch": int(self.current_epoch),
-            "batches_done": int(self.batches_done),
-        }
+        # An epoch that is over (also one cut short by trainer.limit_train_batches) resumes
+        # with the next one.
+        epoch, done = int(self.current_epoch), int(self.batches_done)
+        if done >= self.trainer.num_training_batches:
+            epoch, done = epoch + 1, 0
+        checkpoint["loader_position"] = {"epoch": epoch, "batches_done": done}
         # Anything else random in a step (none of clod's strategies is) continues too.
         name, keys, position, has_gauss, cached = np.random.get_state()
         checkpoint["rng"] = {  # plain types and tensors: loadable with weights_only=True

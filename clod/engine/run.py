@@ -258,10 +258,10 @@ def fit(run: Run, task: Task, module: CLODModule, epochs: int, macs: int) -> Tra
         position = load_plain(resume_from).get("loader_position")
         if position and isinstance(loader.sampler, EpochSampler):
             loader.sampler.resume_at(position["epoch"], position["batches_done"])
-            say(
-                f"   continuing from {resume_from}: epoch {position['epoch'] + 1}, "
-                f"after batch {position['batches_done']}"
+            where = f"epoch {position['epoch'] + 1}" + (
+                f", after batch {position['batches_done']}" if position["batches_done"] else ""
             )
+            say(f"   continuing from {resume_from}: {where}")
     started = time.perf_counter()
     trainer.fit(
         module,
