@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from clod.engine.base_cache import BaseModelCache
+from clod.engine.evaluation import evaluate_run_checkpoint
+from clod.engine.run import load_task_checkpoint
+from clod.errors import ConfigError, DataError
+from clod.strategies.base import Strategy
 from tests.engine.conftest import ROOT, clod_env, run_train
+from tests.strategies.conftest import build_model
 
 
 class Touch:
@@ -67,8 +74,8 @@ def test_evaluate_refuses_a_crafted_task_checkpoint(
     assert not marker.exists()
 
 
-def test_evaluate_refuses_a_model_config_that_builds_anything_else(
-    finished_run: Path, tmp_path: Path, data_dir: Path
+def test_a_model_config_that_builds_anything_else_is_refused(
+    finished_run: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "shared"
     shutil.copytree(finished_run, run_dir)
@@ -77,42 +84,45 @@ def test_evaluate_refuses_a_model_config_that_builds_anything_else(
     state = torch.load(checkpoint, weights_only=True)
     model = {**state["model"], "neck": {"_target_": "pathlib.Path.touch", "self": str(marker)}}
     torch.save({**state, "model": model}, checkpoint)  # plain types: weights_only loads it
-    result = evaluate(run_dir, data_dir)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "model.neck._target_='pathlib.Path.touch' is refused" in result.stderr
+    with pytest.raises(ConfigError, match=r"model.neck._target_='pathlib.Path.touch' is refused"):
+        evaluate_run_checkpoint(run_dir, task=0)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("which", ["task_0.pt", "task_1/last.ckpt"])
 def test_resume_refuses_a_crafted_checkpoint(
-    which: str, finished_run: Path, tmp_path: Path, data_dir: Path
+    finished_run: Path, tmp_path: Path, data_dir: Path
 ) -> None:
-    """A run directory from elsewhere, resumed: its task checkpoint or in-task last.ckpt."""
+    """A run directory from elsewhere, resumed: its task checkpoint and in-task last.ckpt."""
     run_dir = tmp_path / "shared"
     shutil.copytree(finished_run, run_dir)
     state_file = run_dir / "state.json"
     state = json.loads(state_file.read_text())
-    # as if the run had stopped after task 1 (and, for last.ckpt, during task 2)
+    # as if the run had stopped during task 2
     state_file.write_text(json.dumps({**state, "status": "running", "tasks_done": [0]}))
     (run_dir / "summary.json").unlink()
     marker = tmp_path / "pwned"
-    target = run_dir / "checkpoints" / which
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": Touch(marker)}, target)
+    last = run_dir / "checkpoints" / "task_1" / "last.ckpt"
+    last.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": Touch(marker)}, last)
     result = run_train(run_dir, data_dir, "trainer.epochs=1")
     assert result.returncode == 2, result.stderr[-3000:]
-    assert f"error: {target} is refused" in result.stderr
+    assert f"error: {last} is refused" in result.stderr
+    assert not marker.exists()
+    # the task checkpoint a resume starts from goes through the same loader
+    task_0 = run_dir / "checkpoints" / "task_0.pt"
+    torch.save({"detector": Touch(marker)}, task_0)
+    with pytest.raises(DataError, match=re.escape(f"{task_0} is refused")):
+        load_task_checkpoint(task_0, build_model(), Strategy(), [])
     assert not marker.exists()
 
 
-def test_a_crafted_base_cache_entry_is_refused(tmp_path: Path, data_dir: Path) -> None:
+def test_a_crafted_base_cache_entry_is_refused(tmp_path: Path) -> None:
     """The base-model cache is shared by every run of a sweep (and by its users)."""
-    run_dir = tmp_path / "first"
-    assert run_train(run_dir, data_dir, "trainer.epochs=1").returncode == 0
-    (entry,) = (tmp_path / "base_cache").iterdir()
+    cache = BaseModelCache(tmp_path / "base_cache", {"any": "material"})
+    assert cache.publish(build_model().state_dict(), {"steps": 1})
+    assert cache.load() is not None
     marker = tmp_path / "pwned"
-    torch.save({"backbone.x": Touch(marker)}, entry / "detector.pt")
-    result = run_train(tmp_path / "second", data_dir, "trainer.epochs=1")
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert f"error: {entry / 'detector.pt'} is refused" in result.stderr
+    torch.save({"backbone.x": Touch(marker)}, cache.path / "detector.pt")
+    with pytest.raises(DataError, match=re.escape(f"{cache.path / 'detector.pt'} is refused")):
+        cache.load()
     assert not marker.exists()
