@@ -247,16 +247,23 @@ def train_task(run: Run, task: Task) -> TrainedTask:
 def fit(run: Run, task: Task, module: CLODModule, epochs: int, macs: int) -> TrainedTask:
     data_cfg = run.resolved["data"]
     seed = task_seed(run.seed, task.index)
-    loader = run.strategy.train_loader(task, data_cfg, seed) or train_loader(
-        task.train, data_cfg, seed
-    )
+    loader = run.strategy.train_loader(task, data_cfg, seed)
+    if loader is None:
+        loader = train_loader(task.train, data_cfg, seed)
     trainer = make_trainer(
         run.resolved, task, run.output_dir, run.loggers.loggers, epochs, len(loader)
     )
     resume_from = run.checkpoint_dir() / f"task_{task.index}" / "last.ckpt"
     if resume_from.exists():
         position = load_plain(resume_from).get("loader_position")
-        if position and isinstance(loader.sampler, EpochSampler):
+        if position and not isinstance(loader.sampler, EpochSampler):
+            log.warning(
+                "strategy %s's loader has no EpochSampler: task %d resumes from its checkpoint "
+                "but not on the batches an uninterrupted run would see",
+                run.strategy.name,
+                task.index,
+            )
+        elif position:
             loader.sampler.resume_at(position["epoch"], position["batches_done"])
             where = f"epoch {position['epoch'] + 1}" + (
                 f", after batch {position['batches_done']}" if position["batches_done"] else ""
