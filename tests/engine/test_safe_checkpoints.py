@@ -59,14 +59,19 @@ def test_the_crafted_pickle_would_run_code_if_unpickled(tmp_path: Path) -> None:
     assert marker.exists()
 
 
+def shared_copy(finished_run: Path, tmp_path: Path) -> tuple[Path, Path, dict]:
+    """A copy of the run as a colleague would share it: its dir, task_0.pt and its state."""
+    run_dir = tmp_path / "shared"
+    shutil.copytree(finished_run, run_dir)
+    checkpoint = run_dir / "checkpoints" / "task_0.pt"
+    return run_dir, checkpoint, torch.load(checkpoint, weights_only=True)
+
+
 def test_evaluate_refuses_a_crafted_task_checkpoint(
     finished_run: Path, tmp_path: Path, data_dir: Path
 ) -> None:
-    run_dir = tmp_path / "shared"
-    shutil.copytree(finished_run, run_dir)
+    run_dir, checkpoint, state = shared_copy(finished_run, tmp_path)
     marker = tmp_path / "pwned"
-    checkpoint = run_dir / "checkpoints" / "task_0.pt"
-    state = torch.load(checkpoint, weights_only=True)
     torch.save({**state, "strategy": Touch(marker)}, checkpoint)
     result = evaluate(run_dir, data_dir)
     assert result.returncode == 2
@@ -77,11 +82,8 @@ def test_evaluate_refuses_a_crafted_task_checkpoint(
 def test_a_model_config_that_builds_anything_else_is_refused(
     finished_run: Path, tmp_path: Path
 ) -> None:
-    run_dir = tmp_path / "shared"
-    shutil.copytree(finished_run, run_dir)
+    run_dir, checkpoint, state = shared_copy(finished_run, tmp_path)
     marker = tmp_path / "pwned"
-    checkpoint = run_dir / "checkpoints" / "task_0.pt"
-    state = torch.load(checkpoint, weights_only=True)
     model = {**state["model"], "neck": {"_target_": "pathlib.Path.touch", "self": str(marker)}}
     torch.save({**state, "model": model}, checkpoint)  # plain types: weights_only loads it
     with pytest.raises(ConfigError, match=r"model.neck._target_='pathlib.Path.touch' is refused"):
@@ -93,8 +95,7 @@ def test_resume_refuses_a_crafted_checkpoint(
     finished_run: Path, tmp_path: Path, data_dir: Path
 ) -> None:
     """A run directory from elsewhere, resumed: its task checkpoint and in-task last.ckpt."""
-    run_dir = tmp_path / "shared"
-    shutil.copytree(finished_run, run_dir)
+    run_dir, _, _ = shared_copy(finished_run, tmp_path)
     state_file = run_dir / "state.json"
     state = json.loads(state_file.read_text())
     # as if the run had stopped during task 2
