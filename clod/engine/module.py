@@ -33,7 +33,8 @@ from clod.engine.schedule import WarmupCosine, warmup_steps
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
 from clod.models.head import HeadOutput, NanoDetPlusHead
-from clod.strategies.base import Strategy
+from clod.strategies.base import Step, Strategy
+from clod.strategies.supervision import supervised_detection_loss
 from clod.utils.tensors import count_parameters, float32
 
 TEACHER_PREFIX = "teacher."
@@ -149,17 +150,27 @@ class CLODModule(pl.LightningModule):
     def training_losses(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The total loss of one training batch and its named terms (detection, strategy).
 
-        The backbone runs once; its features feed the student and the strategy's terms.
-        Kept apart from :meth:`training_step` so ``clod.bench`` times this same code path.
+        The backbone runs once, and the teacher (if any) once; their outputs feed the
+        detection loss, the strategy's supervision and its terms. The losses run in
+        float32 outside autocast. Kept apart from :meth:`training_step` so ``clod.bench``
+        times this same code path.
         """
         images = batch.images
         features = self.features(images)
         output = self.student(features)
+        teacher = self.strategy.teacher_output(self, batch, features)
         with float32(images):
-            losses = self.head.loss(
-                output.raw.float(), batch.boxes, batch.labels, tuple(images.shape[-2:])
+            step = Step(
+                batch=batch,
+                features=features,
+                student=output.float(),
+                teacher=teacher.float() if teacher is not None else None,
+                head=self.head,
+                input_size=(int(images.shape[-2]), int(images.shape[-1])),
             )
-        extra = self.strategy.training_loss(self, batch, features, output)
+            supervision = self.strategy.supervision(self, step)
+            losses, assigned = supervised_detection_loss(self.head, step, supervision)
+            extra = self.strategy.training_loss(self, step, assigned)
         total = losses["loss"] + sum(extra.values()) if extra else losses["loss"]
         return total, {**losses, **extra}
 

@@ -32,6 +32,7 @@ from clod.models.losses import (
     quality_focal_loss,
 )
 from clod.models.nms import batched_nms
+from clod.models.targets import Assigned, Targets, pad_targets
 
 PRIOR_PROB = 0.01
 # log(0.01 / 0.99) rounded as upstream rounds it (docs/detector.md §5), so every class starts at σ ≈ 0.01.
@@ -40,10 +41,32 @@ ASSIGNER_KEYS = ("topk", "iou_factor", "multi_match")
 
 
 class HeadOutput(NamedTuple):
-    """raw: B×N×(C+4·(reg_max+1)); towers: the four tower outputs after their last activation."""
+    """What the head computes for a batch, by name (strategies read these, never offsets).
+
+    raw: B×N×(C+4·(reg_max+1)), the output conv's channels in prior order (what the loss,
+    decoding and export take); cls_logits: B×N×C and box_logits: B×N×4·(reg_max+1), views
+    of ``raw``; towers: the tower outputs, one per level, after their last activation.
+    Decoded boxes depend on the input size: :meth:`NanoDetPlusHead.boxes`.
+    """
 
     raw: torch.Tensor
     towers: tuple[torch.Tensor, ...]
+    cls_logits: torch.Tensor
+    box_logits: torch.Tensor
+
+    @classmethod
+    def from_raw(
+        cls, raw: torch.Tensor, towers: Sequence[torch.Tensor], num_classes: int
+    ) -> HeadOutput:
+        return cls(raw, tuple(towers), raw[..., :num_classes], raw[..., num_classes:])
+
+    def float(self) -> HeadOutput:
+        """The same outputs in float32 (losses run in float32 under mixed precision)."""
+        if self.raw.dtype == torch.float32 and all(t.dtype == torch.float32 for t in self.towers):
+            return self
+        return HeadOutput.from_raw(
+            self.raw.float(), [t.float() for t in self.towers], self.cls_logits.shape[-1]
+        )
 
 
 class Priors(NamedTuple):
@@ -185,7 +208,7 @@ class NanoDetPlusHead(nn.Module):
                 level_out.permute(0, 2, 3, 1).reshape(level_out.shape[0], -1, level_out.shape[1])
             )
         raw = torch.cat(outputs, dim=1)
-        return HeadOutput(raw=raw, towers=tuple(towers))
+        return HeadOutput.from_raw(raw, towers, self.num_classes)
 
     # ------------------------------------------------------------------ geometry
     def priors(
@@ -215,6 +238,17 @@ class NanoDetPlusHead(nn.Module):
             )
         return priors
 
+    def boxes(self, output: HeadOutput, input_size: tuple[int, int]) -> torch.Tensor:
+        """Decoded (unclamped) boxes B×N×4 of every prior, in input pixels."""
+        priors = self._check_raw(output.raw, input_size)
+        return distance_to_box(
+            priors.centres, self.decode_distances(output.box_logits, priors.strides)
+        )
+
+    def scores(self, output: HeadOutput) -> torch.Tensor:
+        """Per-class confidence B×N×C: σ of the class logits (QFL's IoU-aware score)."""
+        return output.cls_logits.sigmoid()
+
     # ------------------------------------------------------------------ loss
     def loss(
         self,
@@ -224,18 +258,62 @@ class NanoDetPlusHead(nn.Module):
         input_size: tuple[int, int],
         class_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """QFL + 2·GIoU + 0.25·DFL with the assignments of :func:`assign` (docs/detector.md §6–§7).
+        """QFL + 2·GIoU + 0.25·DFL on annotated boxes (docs/detector.md §6–§7).
 
         Args:
             raw: B×N×(C+32) head output.
             boxes: per image (n_i, 4) xyxy GT boxes in input pixels.
             labels: per image (n_i,) int64 global labels (< C).
             input_size: (height, width) of the padded input.
-            class_mask: optional bool (C,) restricting QFL to these channels and the
-                GIoU/DFL weights to the max score over them (ERD's new-class supervision).
-                The assigner still sees every channel.
+            class_mask: optional bool (C,), see :meth:`loss_from_assignment`.
         Returns:
             ``loss`` (total), ``loss_qfl``, ``loss_bbox`` (weighted GIoU), ``loss_dfl``.
+        """
+        targets = pad_targets(boxes, labels, raw.device, raw.dtype)
+        assigned = self.assign_targets(raw, targets, input_size)
+        return self.loss_from_assignment(raw, assigned, input_size, class_mask=class_mask)
+
+    @torch.no_grad()
+    def assign_targets(
+        self, raw: torch.Tensor, targets: Targets, input_size: tuple[int, int]
+    ) -> Assigned:
+        """Which prior learns which target: :func:`assign` on the detached predictions."""
+        priors = self._check_raw(raw, input_size)
+        valid = targets.valid
+        if valid.any() and int(targets.labels[valid].max()) >= self.num_classes:
+            raise ValueError(
+                f"a GT label is >= num_classes={self.num_classes}; allocate every class of the scenario"
+            )
+        raw = raw.detach()
+        assignment = assign(
+            raw[..., : self.num_classes],
+            self.decode_boxes(raw, priors),
+            priors.centres,
+            targets.boxes,
+            targets.labels,
+            valid,
+            **self.assigner_cfg,
+        )
+        return Assigned(targets, assignment.positive, assignment.gt_index, assignment.iou)
+
+    def loss_from_assignment(
+        self,
+        raw: torch.Tensor,
+        assigned: Assigned,
+        input_size: tuple[int, int],
+        class_mask: torch.Tensor | None = None,
+        qfl_weight: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """QFL + 2·GIoU + 0.25·DFL given an assignment, with the controls strategies use.
+
+        Args:
+            class_mask: bool (C,): QFL covers only these channels, and the GIoU/DFL weight of
+                a positive is its max score over them (ERD's new-class supervision). The
+                assigner has seen every channel.
+            qfl_weight: (B, N) or (B, N, C) multiplier of each QFL element; 0 leaves an element
+                out. QFL is normalised by the positives whose target element keeps a weight.
+            box_mask: (B, N) bool: positives outside it get no GIoU/DFL.
         """
         priors = self._check_raw(raw, input_size)
         if class_mask is not None and not bool(class_mask.any()):
@@ -243,43 +321,34 @@ class NanoDetPlusHead(nn.Module):
         num_classes = self.num_classes
         cls_logits = raw[..., :num_classes]
         reg_logits = raw[..., num_classes:]
-        gt_boxes, gt_labels, gt_valid = pad_targets(boxes, labels, raw.device, raw.dtype)
-        if gt_valid.any() and int(gt_labels[gt_valid].max()) >= num_classes:
-            raise ValueError(
-                f"a GT label is >= num_classes={num_classes}; allocate every class of the scenario"
-            )
-
-        with torch.no_grad():
-            pred_boxes = self.decode_boxes(raw.detach(), priors)
-            assignment = assign(
-                cls_logits.detach(),
-                pred_boxes,
-                priors.centres,
-                gt_boxes,
-                gt_labels,
-                gt_valid,
-                **self.assigner_cfg,
-            )
-        batch_idx, prior_idx = assignment.positive.nonzero(as_tuple=True)
-        matched_gt = assignment.gt_index[batch_idx, prior_idx]
-        pos_labels = gt_labels[batch_idx, matched_gt]
-        pos_gt_boxes = gt_boxes[batch_idx, matched_gt]
+        positive = assigned.positive
+        batch_idx, prior_idx = positive.nonzero(as_tuple=True)
+        matched_gt = assigned.gt_index[batch_idx, prior_idx]
+        pos_labels = assigned.targets.labels[batch_idx, matched_gt]
 
         qfl_targets = torch.zeros_like(cls_logits)
-        qfl_targets[batch_idx, prior_idx, pos_labels] = assignment.iou[batch_idx, prior_idx].to(
+        qfl_targets[batch_idx, prior_idx, pos_labels] = assigned.iou[batch_idx, prior_idx].to(
             raw.dtype
         )
+        qfl_elements = quality_focal_loss(cls_logits, qfl_targets, reduction="none")
+        counted = torch.ones_like(batch_idx, dtype=torch.bool)
+        if qfl_weight is not None:
+            weight = qfl_weight.to(raw.dtype)
+            weight = weight[..., None] if weight.dim() == 2 else weight
+            qfl_elements = qfl_elements * weight
+            counted = weight.expand_as(cls_logits)[batch_idx, prior_idx, pos_labels] > 0
         if class_mask is not None:
-            qfl_sum = quality_focal_loss(cls_logits[..., class_mask], qfl_targets[..., class_mask])
-        else:
-            qfl_sum = quality_focal_loss(cls_logits, qfl_targets)
-        num_pos = avg_factor(torch.tensor(float(batch_idx.numel()), device=raw.device))
-        loss_qfl = QFL_WEIGHT * qfl_sum / num_pos
+            qfl_elements = qfl_elements[..., class_mask]
+        num_pos = avg_factor(counted.sum().to(raw.dtype))
+        loss_qfl = QFL_WEIGHT * qfl_elements.sum() / num_pos
 
+        if box_mask is not None:
+            keep = box_mask[batch_idx, prior_idx]
+            batch_idx, prior_idx, matched_gt = batch_idx[keep], prior_idx[keep], matched_gt[keep]
         pos_cls = cls_logits[batch_idx, prior_idx].detach()
         if class_mask is not None:
             pos_cls = pos_cls[:, class_mask]
-        weights = pos_cls.sigmoid().amax(dim=1)
+        weights = pos_cls.sigmoid().amax(dim=1) if pos_cls.shape[0] else pos_cls.new_zeros(0)
         # Every rank joins this all-reduce, positives or not, or DDP would deadlock.
         weight_factor = avg_factor(weights.sum())
         if batch_idx.numel() == 0:
@@ -287,6 +356,7 @@ class NanoDetPlusHead(nn.Module):
             loss_bbox = reg_logits.sum() * 0.0
             loss_dfl = reg_logits.sum() * 0.0
         else:
+            pos_gt_boxes = assigned.targets.boxes[batch_idx, matched_gt].to(raw.dtype)
             pos_reg = reg_logits[batch_idx, prior_idx]
             pos_centres = priors.centres[prior_idx]
             pos_strides = priors.strides[prior_idx]
@@ -385,24 +455,3 @@ class NanoDetPlusHead(nn.Module):
             grown.bias.copy_(bias)
             self.gfl_cls[level] = grown
         self.num_classes = new_num_classes
-
-
-def pad_targets(
-    boxes: Sequence[torch.Tensor],
-    labels: Sequence[torch.Tensor],
-    device: torch.device | str,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack per-image GT lists into (B, G, 4) boxes, (B, G) labels and a (B, G) valid mask."""
-    batch = len(boxes)
-    counts = [int(b.shape[0]) for b in boxes]
-    max_count = max(counts, default=0)
-    gt_boxes = torch.zeros(batch, max_count, 4, device=device, dtype=dtype)
-    gt_labels = torch.zeros(batch, max_count, device=device, dtype=torch.long)
-    gt_valid = torch.zeros(batch, max_count, device=device, dtype=torch.bool)
-    for image, (image_boxes, image_labels) in enumerate(zip(boxes, labels, strict=True)):
-        n = counts[image]
-        gt_boxes[image, :n] = image_boxes.to(device=device, dtype=dtype)
-        gt_labels[image, :n] = image_labels.to(device=device, dtype=torch.long)
-        gt_valid[image, :n] = True
-    return gt_boxes, gt_labels, gt_valid

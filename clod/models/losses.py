@@ -6,6 +6,8 @@ avg factors, which :func:`mean_over_ranks` averages over DDP ranks first.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -38,16 +40,21 @@ def avg_factor(value: torch.Tensor) -> torch.Tensor:
 
 
 def quality_focal_loss(
-    logits: torch.Tensor, targets: torch.Tensor, beta: float = QFL_BETA
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    beta: float = QFL_BETA,
+    reduction: Literal["sum", "none"] = "sum",
 ) -> torch.Tensor:
     """Σ BCEwithLogits(x, y)·|y − σ(x)|^β over every element (sum, not mean).
 
     ``targets`` holds the soft IoU label at a positive's class and 0 elsewhere.
+    ``reduction="none"`` returns the elements instead of their sum.
     """
     bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     gap = targets - logits.sigmoid()
     modulator = gap.square() if beta == 2.0 else gap.abs().pow(beta)
-    return (bce * modulator).sum()
+    elements = bce * modulator
+    return elements if reduction == "none" else elements.sum()
 
 
 def dfl_targets(distances: torch.Tensor, reg_max: int) -> torch.Tensor:

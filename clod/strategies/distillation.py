@@ -144,6 +144,6 @@ def class_and_feature_terms(
     head-tower outputs. Regression logits and neck outputs are not distilled.
     """
     return {
-        "distill_cls": alpha * class_logit_mse(student.raw, teacher.raw, old_classes),
+        "distill_cls": alpha * class_logit_mse(student.cls_logits, teacher.cls_logits, old_classes),
         "distill_feat": beta * tower_feature_mse(student.towers, teacher.towers),
     }

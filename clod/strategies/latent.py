@@ -24,7 +24,8 @@ from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.head import HeadOutput
-from clod.strategies.base import TrainingModule
+from clod.models.targets import Assigned
+from clod.strategies.base import Step, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, class_and_feature_terms
 
 
@@ -65,13 +66,9 @@ class LatentDistillation(TeacherStrategy):
         return teacher(features)  # the shared backbone's features: no second backbone pass
 
     def training_loss(
-        self,
-        module: TrainingModule,
-        batch: Batch,
-        features: Sequence[torch.Tensor],
-        output: HeadOutput,
+        self, module: TrainingModule, step: Step, assigned: Assigned
     ) -> dict[str, torch.Tensor]:
-        teacher = self.teacher_output(module, batch, features)
+        output, teacher = step.student, step.teacher
         if teacher is None:
             return {}
         return class_and_feature_terms(output, teacher, self.old_classes, self.alpha, self.beta)

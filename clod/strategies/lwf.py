@@ -9,15 +9,13 @@ old classes' logits (a variant, not the reference).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
 
-from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput
-from clod.strategies.base import TrainingModule
+from clod.models.targets import Assigned
+from clod.strategies.base import Step, TrainingModule
 from clod.strategies.distillation import (
     FrozenBN,
     TeacherStrategy,
@@ -46,17 +44,13 @@ class LwF(TeacherStrategy):
         self.outputs = outputs
 
     def training_loss(
-        self,
-        module: TrainingModule,
-        batch: Batch,
-        features: Sequence[torch.Tensor],
-        output: HeadOutput,
+        self, module: TrainingModule, step: Step, assigned: Assigned
     ) -> dict[str, torch.Tensor]:
-        teacher = self.teacher_output(module, batch, features)
+        output, teacher = step.student, step.teacher
         if teacher is None:
             return {}
         if self.outputs == "all":
             term = whole_output_mse(output.raw, teacher.raw)
         else:
-            term = class_logit_mse(output.raw, teacher.raw, self.old_classes)
+            term = class_logit_mse(output.cls_logits, teacher.cls_logits, self.old_classes)
         return {"distill_output": self.alpha * term}

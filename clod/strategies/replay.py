@@ -95,6 +95,9 @@ class Replay(Strategy):
         # task.train holds the task's images with only its own classes' boxes.
         self.buffer.update(task.index, task.train, task.new, task.seen)
 
+    def base_training_signature(self) -> dict[str, Any]:
+        return {}  # task 0 trains on a plain loader; the buffer is filled after it
+
     def memory(self, module: TrainingModule) -> dict[str, int]:
         return dict(self.training_buffer)
 

@@ -13,13 +13,10 @@ gives ``alpha`` and ``beta`` the same meaning here and in ``latent``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from clod.data.types import Batch
-from clod.models.head import HeadOutput
-from clod.strategies.base import TrainingModule
+from clod.models.targets import Assigned
+from clod.strategies.base import Step, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, class_and_feature_terms
 
 
@@ -41,13 +38,9 @@ class SID(TeacherStrategy):
         self.beta = float(beta)
 
     def training_loss(
-        self,
-        module: TrainingModule,
-        batch: Batch,
-        features: Sequence[torch.Tensor],
-        output: HeadOutput,
+        self, module: TrainingModule, step: Step, assigned: Assigned
     ) -> dict[str, torch.Tensor]:
-        teacher = self.teacher_output(module, batch, features)
+        output, teacher = step.student, step.teacher
         if teacher is None:
             return {}
         return class_and_feature_terms(output, teacher, self.old_classes, self.alpha, self.beta)

@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clod.models.assigner import assign
-from clod.models.head import NanoDetPlusHead, pad_targets
+from clod.models.head import NanoDetPlusHead
+from clod.models.targets import pad_targets
 
 INPUT = (64, 64)
 
@@ -31,7 +32,7 @@ def rank_inputs(rank: int):
 def local_statistics(head: NanoDetPlusHead, raw, boxes, labels) -> tuple[int, float]:
     """(#positives, Σ weights) of one rank, from the public assigner."""
     priors = head.priors(INPUT, raw.device, raw.dtype)
-    gt_boxes, gt_labels, valid = pad_targets(boxes, labels, raw.device, raw.dtype)
+    gt_boxes, gt_labels, valid, _, _ = pad_targets(boxes, labels, raw.device, raw.dtype)
     pred = head.decode_boxes(raw, priors)
     result = assign(raw[..., :2], pred, priors.centres, gt_boxes, gt_labels, valid)
     weights = raw[..., :2][result.positive].sigmoid().amax(dim=-1)
