@@ -182,6 +182,7 @@ class CLODModule(pl.LightningModule):
         total, terms = self.training_losses(batch)
         logged = {f"train/{name}": value.detach() for name, value in terms.items()}
         logged["train/total"] = total.detach()
+        logged.update({f"train/{k}": float(v) for k, v in self.strategy.diagnostics().items()})
         self.log_dict(logged, batch_size=len(batch), on_step=True, on_epoch=False)
         self.log("loss", total.detach(), prog_bar=True, logger=False, batch_size=len(batch))
         return total

@@ -13,6 +13,7 @@ differs, through these hooks, each with a default that means "plain training":
   of the positives matched to extra targets (:class:`Supervision`);
 - :meth:`Strategy.training_loss`: extra loss terms, added to the detection loss; they see
   the step (:class:`Step`) and the assignment (which positive matched which target);
+- :meth:`Strategy.diagnostics`: numbers about the last step to log (selection counts);
 - :meth:`Strategy.on_task_end`: after a task is trained and evaluated (update a buffer);
 - :meth:`Strategy.memory`: what the strategy holds, for the mAP-vs-memory comparison;
 - :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict`: state a resumed run needs;
@@ -165,6 +166,11 @@ class Strategy:
         They run in float32 outside autocast. ``assigned`` is the detection loss's
         assignment, over the annotated and any extra targets.
         """
+        return {}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers about the last training step that are not loss terms (e.g. pseudo boxes per
+        image); the engine logs them beside the terms as ``train/<name>``."""
         return {}
 
     def on_task_end(self, module: TrainingModule, task: Task) -> None:

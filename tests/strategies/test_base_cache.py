@@ -16,7 +16,15 @@ from omegaconf import OmegaConf, open_dict
 from clod.data.build import build_experiment_tasks
 from clod.engine.base_cache import BaseModelCache
 from clod.engine.run import task_epochs
-from tests.strategies.conftest import CONF
+from clod.strategies.base import Strategy
+from tests.strategies.conftest import (
+    CONF,
+    batch,
+    build_model,
+    build_strategy,
+    make_module,
+    make_task,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +148,42 @@ def test_racing_publishers_agree_on_one_winner(tmp_path: Path) -> None:
     assert loaded is not None and loaded.meta["by"] == winners[0]
     assert torch.equal(loaded.weights["head.b"], torch.tensor([float(winners[0])]))
     assert len(list(tmp_path.iterdir())) == 1
+
+
+# --------------------------------------------------------------------------- the claims
+def trained_task_zero(strategy_name: str, steps: int = 3) -> dict[str, torch.Tensor]:
+    """Weights after ``steps`` AdamW steps of task 0 under a shipped strategy, from one init."""
+    torch.manual_seed(0)
+    strategy = build_strategy(strategy_name)
+    task = make_task(0, [0, 1])
+    module = make_module(build_model(), strategy, task)
+    assert strategy.train_loader(task, {}, 0) is None, "task 0 must use the engine's loader"
+    optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    for seed in range(steps):
+        optimizer.zero_grad()
+        module.training_losses(batch(seed=seed))[0].backward()
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def shipped_strategies() -> list[str]:
+    return sorted(p.stem for p in (CONF / "strategy").glob("*.yaml"))
+
+
+def test_every_strategy_claiming_a_plain_task_zero_trains_it_as_naive_does() -> None:
+    claims = [n for n in shipped_strategies() if build_strategy(n).base_training_signature() == {}]
+    # every shipped strategy but joint (one joint task, no base task) claims it
+    assert set(shipped_strategies()) - set(claims) == {"joint"}
+    naive = trained_task_zero("naive")
+    for name in claims:
+        got = trained_task_zero(name)
+        assert got.keys() == naive.keys(), name
+        differing = [k for k, v in naive.items() if not torch.equal(v, got[k])]
+        assert not differing, f"{name}: task 0 differs from naive in {differing[:3]}"
+
+
+def test_a_strategy_must_claim_a_plain_task_zero_to_share_the_cache() -> None:
+    class Unclaimed(Strategy):  # a new strategy that forgot to say anything
+        name = "unclaimed"
+
+    assert Unclaimed().base_training_signature() is None

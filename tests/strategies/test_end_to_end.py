@@ -1,4 +1,4 @@
-"""``python -m clod.train strategy=<each> experiment=smoke``: runs, shares the base model, resumes."""
+"""``python -m clod.train -m strategy=<all> experiment=smoke``: runs, shares the base model, resumes."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine.conftest import kill_when_exists, run_train
+from tests.engine.conftest import kill_when_exists, run_sweep, run_train
 from tests.strategies.conftest import build_model
 
-STRATEGIES = ["replay", "lwf", "sid", "latent"]  # the first one trains task 0, the rest reuse it
+# One sweep, in this order: the first trains task 0, the others reuse it from the cache.
+STRATEGIES = ["replay", "lwf", "sid", "latent", "erd", "ilyolox", "ilyolox_shipped", "pseudo_label"]
 # Four epochs in the later tasks leave time to kill a run in the middle of one; one thread
 # keeps the runs quick on a machine whose cores are busy with other work; two persistent
 # loader workers, as the default data config has (resume must not depend on them).
@@ -32,13 +33,17 @@ def weights(run_dir: Path, task: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
+    sweep = tmp_path_factory.mktemp("runs") / "sweep"
+    # One process for every strategy: the jobs run one after another, as a user's sweep does.
+    result = run_sweep(
+        sweep, data_dir, f"strategy={','.join(STRATEGIES)}", *OVERRIDES, timeout=1200
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     dirs = {}
-    for name in STRATEGIES:
-        result = run_train(root / name, data_dir, f"strategy={name}", *OVERRIDES)
-        assert result.returncode == 0, result.stderr[-3000:]
+    for job, name in enumerate(STRATEGIES):
         assert f"== task 3/3 [{name}]" in result.stdout
-        dirs[name] = root / name
+        dirs[name] = sweep / str(job)
+        assert json.loads((dirs[name] / "summary.json").read_text())["strategy"] == name
     return dirs
 
 
@@ -65,6 +70,10 @@ def test_memory_and_cost_columns(runs: dict[str, Path]) -> None:
         "replay": (total, total, 0),
         "lwf": (2 * total, total, total),
         "sid": (2 * total, total, total),
+        "erd": (2 * total, total, total),
+        "ilyolox": (2 * total, total, total),
+        "ilyolox_shipped": (2 * total, total, total),
+        "pseudo_label": (2 * total, total, total),
         "latent": (total + neck_head, neck_head, neck_head),
     }
     for name, run_dir in runs.items():
@@ -80,7 +89,7 @@ def test_memory_and_cost_columns(runs: dict[str, Path]) -> None:
         assert per_task == [int(r["macs_conv_step"]) for r in rows]
         assert summary["cost"]["macs_conv_step"] == per_task[-1]
         assert len(summary["time"]["per_task_train_s"]) == 3
-        if name in ("lwf", "sid"):
+        if name not in ("replay", "latent"):  # a whole-model teacher runs every step
             assert per_task[1] == 2 * per_task[0]
         if name == "latent":
             assert per_task[0] < per_task[1] < 2 * per_task[0]
@@ -95,13 +104,18 @@ def test_each_term_is_logged_on_its_own(runs: dict[str, Path]) -> None:
         "lwf": {"train/distill_output"},
         "sid": {"train/distill_cls", "train/distill_feat"},
         "latent": {"train/distill_cls", "train/distill_feat"},
+        "erd": {"train/distill_cls", "train/distill_reg"},
+        "ilyolox": {"train/ckd_cls", "train/ckd_loc"},
+        "ilyolox_shipped": set(),
+        "pseudo_label": {"train/pseudo_per_image"},
         "replay": set(),
     }
     for name, run_dir in runs.items():
         (metrics,) = (run_dir / "csv").glob("**/metrics.csv")
         columns = set(read_rows(metrics)[0])
         assert expected[name] <= columns and "train/loss_qfl" in columns, name
-        assert not any(c.startswith("train/distill") for c in columns - expected[name]), name
+        strategy_terms = ("train/distill", "train/ckd")
+        assert not any(c.startswith(strategy_terms) for c in columns - expected[name]), name
 
 
 def test_checkpoints_hold_no_teacher_and_latent_keeps_its_backbone(runs: dict[str, Path]) -> None:
@@ -119,7 +133,7 @@ def test_checkpoints_hold_no_teacher_and_latent_keeps_its_backbone(runs: dict[st
     assert buffer["capacity"] == 250 and len(buffer["items"]) == 26 + 17
 
 
-@pytest.mark.parametrize("name", ["latent", "replay"])
+@pytest.mark.parametrize("name", ["latent", "replay", "erd", "ilyolox", "pseudo_label"])
 def test_killed_run_resumes_to_the_same_weights(
     name: str, runs: dict[str, Path], data_dir: Path
 ) -> None:
