@@ -51,9 +51,11 @@ REDUCTIONS: tuple[str, ...] = ("image_mean", "reference_sum")
 def elastic_selection(values: torch.Tensor, k_std: float) -> Selection:
     """The (image, prior) pairs whose value is strictly above the image's mean + k·std.
 
-    ``values``: (B, N). An image whose values are all equal (std 0) selects nothing.
+    ``values``: (B, N). An image whose values are all equal selects nothing: its float32
+    mean can round below the common value while its std is 0, which would select it all.
     """
-    return Selection.from_mask(values > elastic_threshold(values, k_std))
+    lowest, highest = torch.aminmax(values, dim=1, keepdim=True)
+    return Selection.from_mask((values > elastic_threshold(values, k_std)) & (highest > lowest))
 
 
 def decode_teacher_boxes(
@@ -247,6 +249,8 @@ class ERD(TeacherStrategy):
                 f"strategy.reference_decoding must be true or false, got {reference_decoding!r}"
             )
         self.reference_decoding = reference_decoding
+        # Selection sizes of the last step, per image, for the training log (diagnostics).
+        self.last_selection: dict[str, float] = {}
 
     def supervision(self, module: TrainingModule, step: Step) -> Supervision | None:
         """QFL (and the box-loss weights) on the non-old channels only, from task 1 on."""
@@ -254,6 +258,10 @@ class ERD(TeacherStrategy):
             return None  # task 0: plain training
         mask = non_old_class_mask(step.head.num_classes, self.old_classes, step.student.raw.device)
         return Supervision(class_mask=mask)
+
+    def diagnostics(self) -> dict[str, float]:
+        """|S_cls| and |K| per image at the last step (none at task 0)."""
+        return dict(self.last_selection)
 
     def training_loss(
         self, module: TrainingModule, step: Step, assigned: Assigned
@@ -280,6 +288,11 @@ class ERD(TeacherStrategy):
         kept = regression_selection(
             head, teacher_box, old, input_size, self.k_std, self.nms_iou, self.reference_decoding
         )
+        num_images = student.raw.shape[0]
+        self.last_selection = {
+            "erd_cls_selected_per_image": len(cls_selected) / num_images,
+            "erd_reg_kept_per_image": len(kept) / num_images,
+        }
         distill_cls = class_distillation(
             student.cls_logits, teacher_cls, cls_selected, self.old_classes, self.cls_reduction
         )

@@ -26,7 +26,11 @@ class OldClassScores(NamedTuple):
 
 
 def old_class_scores(scores: torch.Tensor, old_classes: torch.Tensor) -> OldClassScores:
-    """Max and argmax over the old classes only (global labels) of (B, N, C) scores."""
+    """Max and argmax over the old classes only (global labels) of (B, N, C) scores.
+
+    Any increasing function of the scores gives the same argmax: passing logits and taking
+    the sigmoid of the max afterwards saves a sigmoid over every channel.
+    """
     if old_classes.numel() == 0:
         raise ValueError("there are no old classes to select teacher predictions of")
     index = old_classes.to(scores.device)
@@ -36,8 +40,14 @@ def old_class_scores(scores: torch.Tensor, old_classes: torch.Tensor) -> OldClas
 
 
 def elastic_threshold(values: torch.Tensor, k_std: float) -> torch.Tensor:
-    """(B, 1) mean + k·std of each image's values over its priors (std unbiased, as torch's)."""
-    return values.mean(dim=1, keepdim=True) + k_std * values.std(dim=1, keepdim=True)
+    """(B, 1) mean + k·std of each image's values over its priors (std unbiased, as torch's).
+
+    An image whose values are all equal has no outlier to select: its threshold is +inf
+    (its float32 mean can round below the common value, which would select every prior).
+    """
+    std = values.std(dim=1, keepdim=True)
+    threshold = values.mean(dim=1, keepdim=True) + k_std * std
+    return threshold.masked_fill(std == 0, float("inf"))
 
 
 class Selection(NamedTuple):
