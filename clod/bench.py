@@ -9,6 +9,7 @@ matmul throughput. Examples::
     python -m clod.bench model=nanodet_plus_m_1.5x batch_size=8 steps=5
     python -m clod.bench model=nanodet_tiny input_size=[128,128] threads=1
     python -m clod.bench hardware=gpu  # one CUDA device, bf16 autocast
+    python -m clod.bench strategies=[sid,erd,ilyolox] images=synthetic weights=RUN/checkpoints/task_0.pt
 
 How the numbers are taken (the code is in :mod:`clod.benchmarking`):
 
@@ -48,7 +49,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from clod.benchmarking.inputs import synthetic_batch
 from clod.benchmarking.rows import CONFIG_DIR, bench_strategy, strategy_rows
 from clod.benchmarking.run import run_benchmark
+from clod.errors import EXIT_USER_ERROR, ClodError
 from clod.metrics.flops import flop_counter, train_step_flops
+from clod.models.weights import WeightLoadError
 
 # Re-exported: `from clod import bench; bench.flop_counter()` etc. (tests, notebooks).
 __all__ = [
@@ -81,4 +84,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ClodError, FileNotFoundError, WeightLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

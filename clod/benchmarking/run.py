@@ -11,12 +11,16 @@ import torch
 from omegaconf import DictConfig
 
 from clod.benchmarking.device import autocast_dtype, bench_device
-from clod.benchmarking.inputs import synthetic_batch, to_memory_format
+from clod.benchmarking.inputs import rendered_batch, synthetic_batch, to_memory_format
 from clod.benchmarking.rows import bench_inference, bench_strategy, strategy_rows
 from clod.benchmarking.timing import MatmulProbe, onednn_conv_flops_per_second
+from clod.errors import ConfigError
 from clod.models.detector import build_detector
 from clod.models.runtime import tune_cpu_runtime
+from clod.models.weights import load_detector_state
 from clod.utils.tensors import count_parameters
+
+BATCHES = {"random": synthetic_batch, "synthetic": rendered_batch}
 
 
 def _rounded(value: Any) -> Any:
@@ -34,11 +38,17 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     runtime = tune_cpu_runtime(cfg.threads, keep_memory=bool(cfg.keep_freed_memory))
     device = bench_device(cfg.get("hardware"))
     torch.manual_seed(int(cfg.seed))
-    detector = build_detector(cfg.model).to(device)
+    detector = build_detector(cfg.model)
+    if cfg.get("weights"):
+        load_detector_state(detector, cfg.weights)
+    detector = detector.to(device)
     if cfg.channels_last:
         detector = detector.to(memory_format=torch.channels_last)
     width, height = (int(v) for v in (cfg.input_size or cfg.model.input_size))
-    batch = synthetic_batch(
+    images = str(cfg.get("images", "random"))
+    if images not in BATCHES:
+        raise ConfigError(f"images must be one of {sorted(BATCHES)}, got {images!r}")
+    batch = BATCHES[images](
         int(cfg.batch_size), height, width, detector.num_classes, seed=int(cfg.seed)
     )
     batch = to_memory_format(batch.to(device), bool(cfg.channels_last))
@@ -58,6 +68,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
         "input_size": [width, height],
         "batch_size": int(cfg.batch_size),
         "num_classes": detector.num_classes,
+        "images": images,
+        "weights": cfg.get("weights"),
         "torch": torch.__version__,
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         **runtime,

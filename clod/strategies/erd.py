@@ -51,11 +51,10 @@ REDUCTIONS: tuple[str, ...] = ("image_mean", "reference_sum")
 def elastic_selection(values: torch.Tensor, k_std: float) -> Selection:
     """The (image, prior) pairs whose value is strictly above the image's mean + k·std.
 
-    ``values``: (B, N). An image whose values are all equal selects nothing: its float32
-    mean can round below the common value while its std is 0, which would select it all.
+    ``values``: (B, N). An image whose values are all equal selects nothing
+    (:func:`~clod.strategies.selection.elastic_threshold`).
     """
-    lowest, highest = torch.aminmax(values, dim=1, keepdim=True)
-    return Selection.from_mask((values > elastic_threshold(values, k_std)) & (highest > lowest))
+    return Selection.from_mask(values > elastic_threshold(values, k_std))
 
 
 def decode_teacher_boxes(

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from clod import bench
+from clod.benchmarking.inputs import rendered_batch
+from clod.errors import ConfigError
+from clod.models.detector import build_detector
 from clod.models.runtime import keep_freed_memory, physical_core_count
+from clod.utils.io import save_torch
 
 
 def test_conv_backward_flops_are_group_aware() -> None:
@@ -91,3 +95,28 @@ def test_strategy_selection() -> None:
 def test_runtime_helpers() -> None:
     assert 1 <= physical_core_count() <= (torch.get_num_threads() + 64)
     assert isinstance(keep_freed_memory(), bool)
+
+
+def test_rendered_images_and_trained_weights_feed_the_strategy_rows(tmp_path) -> None:
+    batch = rendered_batch(3, 96, 64, num_classes=5)
+    assert batch.images.shape == (3, 3, 96, 64)
+    for boxes, labels in zip(batch.boxes, batch.labels, strict=True):
+        assert len(boxes) == len(labels) and bool((labels < 5).all())
+        assert bool((boxes[:, 2] <= 64).all() and (boxes[:, 3] <= 96).all())
+    assert sum(len(lab) for lab in batch.labels) > 0  # real objects, with their boxes
+
+    cfg = bench.load_config(["model=nanodet_tiny", "num_classes=5"])
+    weights = tmp_path / "detector.pt"
+    torch.manual_seed(3)
+    trained = build_detector(cfg.model)
+    save_torch(weights, trained.state_dict())
+    common = ["model=nanodet_tiny", "num_classes=5", "batch_size=2", "input_size=[64,64]",
+              "warmup=0", "steps=1", "matmul_size=64", "threads=1"]  # fmt: skip
+    result = bench.main(
+        [*common, "images=synthetic", f"weights={weights}", "strategies=[erd,pseudo_label]"]
+    )
+    assert result["images"] == "synthetic" and result["weights"] == str(weights)
+    assert [row["strategy"] for row in result["rows"]] == ["erd", "pseudo_label"]
+    assert all(row["params_teacher"] == result["params"]["total"] for row in result["rows"])
+    with pytest.raises(ConfigError, match="images must be one of"):
+        bench.main([*common, "images=noise"])
