@@ -30,10 +30,14 @@ STRATEGY_STYLE: dict[str, tuple[str, str]] = {
     "lwf": ("^", "tab:blue"),
     "sid": ("D", "tab:green"),
     "latent": ("*", "tab:red"),
+    "erd": ("v", "tab:purple"),
+    "ilyolox": ("X", "tab:brown"),
+    "ilyolox_shipped": ("x", "tab:brown"),
+    "pseudo_label": ("h", "tab:pink"),
     "joint": ("P", "black"),
 }
 MAX_LABELLED_RUNS = 6  # per strategy and scenario, in the mAP-vs-memory figure
-OTHER_STYLES = (("v", "tab:purple"), ("X", "tab:brown"), ("h", "tab:pink"), ("<", "tab:olive"))
+OTHER_STYLES = (("<", "tab:olive"), (">", "tab:cyan"), ("p", "darkgoldenrod"), ("8", "navy"))
 
 
 @dataclass

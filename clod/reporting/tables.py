@@ -15,7 +15,18 @@ from clod.reporting.collect import DONE, Run, natural_key
 from clod.utils.io import write_csv
 
 # The paper's order: fine-tuning, replay, the distillation family, the upper bound.
-STRATEGY_ORDER = ("naive", "replay", "lwf", "sid", "latent", "joint")
+STRATEGY_ORDER = (
+    "naive",
+    "replay",
+    "lwf",
+    "sid",
+    "latent",
+    "erd",
+    "ilyolox",
+    "ilyolox_shipped",
+    "pseudo_label",
+    "joint",
+)
 
 COLUMNS = (
     "run", "status", "strategy", "scenario", "data", "seed", "alpha", "beta",
