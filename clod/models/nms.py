@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from clod.models.boxes import pairwise_iou
+from clod.models.boxes import box_area, pairwise_iou
 
 DEFAULT_BLOCK = 1024
 
@@ -97,3 +97,67 @@ def _greedy_within_block(
             break
         keep = new_keep
     return keep
+
+
+def grouped_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    iou_threshold: float,
+    max_pairs: int = 4_000_000,
+) -> torch.Tensor:
+    """:func:`batched_nms` for many small groups: IoUs only between boxes of one group.
+
+    ``groups`` (K,) integer group of each box (e.g. image × classes + class): boxes of
+    different groups never suppress each other. Instead of a K×K IoU matrix, only the
+    Σ n_g·(n_g − 1)/2 pairs inside each group are formed, each pair (i, j) with i before j
+    in score order. The greedy result is the fixed point of ``keep[j] = not any(keep[i]
+    for the pairs (i, j) where i suppresses j)``, found by iterating from "keep all" as in
+    :func:`batched_nms`, with scatter operations over the pairs. Falls back to
+    :func:`batched_nms` when the pairs would exceed ``max_pairs`` (one huge group).
+
+    Returns the indices of the survivors, highest score first (ties: input order).
+    """
+    count = boxes.shape[0]
+    device = boxes.device
+    if count == 0:
+        return torch.zeros(0, dtype=torch.long, device=device)
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    # Grouped, score order kept inside a group (stable sort on the group).
+    order = by_score[torch.sort(groups[by_score], stable=True).indices]
+    sorted_groups = groups[order]
+    _, group_sizes = torch.unique_consecutive(sorted_groups, return_counts=True)
+    group_starts = torch.cumsum(group_sizes, 0) - group_sizes
+    starts = torch.repeat_interleave(group_starts, group_sizes)  # per box: its group's start
+    earlier = torch.arange(count, device=device) - starts  # boxes before it in its group
+    num_pairs = int(earlier.sum())
+    if num_pairs > max_pairs:
+        return batched_nms(boxes, scores, groups, iou_threshold)
+    later = torch.repeat_interleave(torch.arange(count, device=device), earlier)
+    first_pair = torch.cumsum(earlier, 0) - earlier
+    before = starts[later] + torch.arange(num_pairs, device=device) - first_pair[later]
+    sorted_boxes = boxes[order]
+    overlaps = aligned_iou_plain(sorted_boxes[before], sorted_boxes[later]) > iou_threshold
+    suppressor, suppressed = before[overlaps], later[overlaps]
+    keep = torch.ones(count, dtype=torch.bool, device=device)
+    for _ in range(count):
+        hit = torch.zeros(count, dtype=torch.bool, device=device)
+        hit[suppressed[keep[suppressor]]] = True
+        new_keep = ~hit
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    kept = torch.sort(order[keep]).values  # input order, so that ties stay in it
+    # Highest score first across groups, as batched_nms returns them.
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+def aligned_iou_plain(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of matching rows, exactly as :func:`~clod.models.boxes.pairwise_iou` computes it
+    (no eps; an empty union gives 0), so both NMS functions agree on threshold ties."""
+    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[:, 0] * wh[:, 1]
+    union = box_area(boxes1) + box_area(boxes2) - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from clod.models.nms import batched_nms
+from clod.models.nms import grouped_nms
 
 
 class OldClassScores(NamedTuple):
@@ -86,7 +86,7 @@ def nms_per_image(
     image, prior = selection
     num_labels = int(labels.max()) + 1
     groups = image * num_labels + labels[image, prior]
-    keep = batched_nms(boxes[image, prior], scores[image, prior], groups, iou_threshold)
+    keep = grouped_nms(boxes[image, prior], scores[image, prior], groups, iou_threshold)
     return selection.subset(keep)
 
 

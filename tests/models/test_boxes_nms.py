@@ -19,7 +19,7 @@ from clod.models.boxes import (
     xyxy_to_cxcywh,
     xyxy_to_xywh,
 )
-from clod.models.nms import batched_nms
+from clod.models.nms import batched_nms, grouped_nms
 
 
 def python_iou(a: list[float], b: list[float]) -> float:
@@ -120,6 +120,26 @@ def test_nms_matches_the_brute_force_reference(seed: int) -> None:
         torch.tensor(boxes), torch.tensor(scores), torch.tensor(labels), threshold, block_size=64
     )
     assert got.tolist() == expected
+    grouped = grouped_nms(
+        torch.tensor(boxes), torch.tensor(scores), torch.tensor(labels), threshold
+    )
+    assert grouped.tolist() == expected
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grouped_nms_equals_batched_nms_with_ties_many_groups_and_its_fallback(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    count = 400
+    corners = torch.rand(count, 2, generator=generator) * 200
+    boxes = torch.cat((corners, corners + torch.rand(count, 2, generator=generator) * 60 + 1), 1)
+    scores = (torch.rand(count, generator=generator) * 6).round() / 6  # many exact ties
+    groups = torch.randint(0, 40, (count,), generator=generator)  # e.g. 2 images × 20 classes
+    for threshold in (0.005, 0.5, 0.95):
+        expected = batched_nms(boxes, scores, groups, threshold)
+        assert torch.equal(grouped_nms(boxes, scores, groups, threshold), expected)
+        # too many pairs for the grouped path: the dense one answers, the same way
+        assert torch.equal(grouped_nms(boxes, scores, groups, threshold, max_pairs=10), expected)
+    assert grouped_nms(boxes[:0], scores[:0], groups[:0], 0.5).numel() == 0
 
 
 def test_nms_blocks_and_max_keep_do_not_change_the_result() -> None:
