@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from clod.benchmarking.device import autocast, autocast_dtype, bench_device
@@ -175,6 +176,21 @@ def bench_strategy(
     }
 
 
+def strategy_config(name: str, config_dir: Path = CONFIG_DIR) -> DictConfig | None:
+    """``conf/strategy/<name>.yaml`` composed by Hydra (its defaults list applied), or None.
+
+    A strategy yaml may extend another (``ilyolox_shipped`` says only how it differs from
+    ``ilyolox``), so it is composed, not read as a plain file. Interpolations such as
+    ``${seed}`` are left for the caller's config to resolve.
+    """
+    if not (config_dir / "strategy" / f"{name}.yaml").is_file():
+        return None
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        composed = compose(config_name=f"strategy/{name}")
+    node = composed.get("strategy")
+    return node if isinstance(node, DictConfig) else None
+
+
 def strategy_rows(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
     """(name, strategy config) of every row to benchmark.
 
@@ -192,8 +208,7 @@ def strategy_rows(cfg: DictConfig) -> list[tuple[str, DictConfig | None]]:
         names = [names]
     rows: list[tuple[str, DictConfig | None]] = []
     for name in names:
-        path = CONFIG_DIR / "strategy" / f"{name}.yaml"
-        node = OmegaConf.load(path) if path.is_file() else None
+        node = strategy_config(str(name))
         if isinstance(node, DictConfig):
             # Placed in the bench config so interpolations such as ${seed} resolve.
             context = copy.deepcopy(cfg)

@@ -45,7 +45,8 @@ class SelectConfig:
     method: ``fixed`` (s ≥ score_thr), ``mean_kstd`` (s ≥ the image's mean + k_std·std),
     ``class_mean_kstd`` (s ≥ mean + class_k_std·std of its (image, old class) group) or
     ``crs`` (centres s ≥ score_thr, their same-class neighbours with IoU ≥ neighbour_iou,
-    all with s ≥ low_thr); then class-wise NMS at nms_iou.
+    all with s ≥ low_thr); then class-wise NMS at nms_iou; then, if ``gt_overlap_iou`` is
+    set, the survivors overlapping an annotated box by more than it are dropped.
     """
 
     method: str = "crs"
@@ -55,6 +56,9 @@ class SelectConfig:
     k_std: float = 2.0
     class_k_std: float = 1.0
     nms_iou: float = 0.95
+    # clod option (None: the reference): drop a pseudo box whose IoU with an annotated box of
+    # its image is above this, so a new object the teacher calls by an old name stays new.
+    gt_overlap_iou: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in SELECTION_METHODS:
@@ -70,6 +74,10 @@ class SelectConfig:
             raise ConfigError(
                 f"strategy.select.low_thr ({self.low_thr}) must not exceed "
                 f"strategy.select.score_thr ({self.score_thr})"
+            )
+        if self.gt_overlap_iou is not None and not 0.0 <= self.gt_overlap_iou <= 1.0:
+            raise ConfigError(
+                f"strategy.select.gt_overlap_iou must be in [0, 1] or null, got {self.gt_overlap_iou}"
             )
         if not 0.0 < self.nms_iou <= 1.0:
             raise ConfigError(f"strategy.select.nms_iou must be in (0, 1], got {self.nms_iou}")
@@ -88,6 +96,9 @@ class SelectConfig:
         for key, value in given.items():
             if key == "method":
                 parsed[key] = str(value)
+                continue
+            if key == "gt_overlap_iou" and value is None:  # null: no overlap filter
+                parsed[key] = None
                 continue
             try:
                 parsed[key] = float(value)

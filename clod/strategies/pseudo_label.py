@@ -5,7 +5,9 @@ included. From task 1 on, the frozen previous model (the teacher) runs on the st
 augmented batch; at each prior its best old class is a detection with that score; the
 detections above ``score_thr`` that survive class-aware NMS at ``nms_iou`` (at most
 ``max_per_image`` per image, highest scores first) are added to the task's ground truth
-before the assigner runs. Training is otherwise the plain detection loss: the old objects
+before the assigner runs. A pseudo box whose IoU with one of the image's annotated boxes is
+above ``gt_overlap_iou`` is dropped: the teacher has never seen the new classes and often
+calls a new object by an old name, and that box would take the new object's priors. Training is otherwise the plain detection loss: the old objects
 are supervised as positives again instead of being pushed to background.
 
 Task 0 has no teacher and trains exactly as ``naive``.
@@ -17,9 +19,16 @@ import torch
 
 from clod.errors import ConfigError
 from clod.models.boxes import clip_boxes
+from clod.models.targets import Targets, pad_targets
 from clod.strategies.base import Step, Supervision, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy
-from clod.strategies.selection import Selection, nms_per_image, old_class_scores, per_image
+from clod.strategies.selection import (
+    Selection,
+    max_iou_with_targets,
+    nms_per_image,
+    old_class_scores,
+    per_image,
+)
 
 
 def rank_within_image(selection: Selection) -> tuple[Selection, torch.Tensor]:
@@ -39,15 +48,23 @@ def select_detections(
     score_thr: float,
     nms_iou: float,
     max_per_image: int,
+    annotated: Targets | None = None,
+    gt_overlap_iou: float | None = None,
 ) -> Selection:
     """Priors whose detection (score, label, box) is kept, per image, all images at once.
 
     ``scores``/``labels`` (B, N): each prior's best old class and its σ; ``boxes`` (B, N, 4).
     Kept: score > ``score_thr``, then class-aware NMS at ``nms_iou`` inside each image, then
-    the ``max_per_image`` best of each image. Grouped by image, best first within one.
+    (with ``annotated`` and ``gt_overlap_iou``) only boxes whose IoU with every annotated
+    box of their image is ≤ ``gt_overlap_iou``, then the ``max_per_image`` best of each
+    image. Grouped by image, best first within one.
     """
     selection = Selection.from_mask(scores > score_thr)
     selection = nms_per_image(selection, boxes, scores, labels, nms_iou)  # best first
+    if annotated is not None and gt_overlap_iou is not None:
+        selection = selection.subset(
+            max_iou_with_targets(selection, boxes, annotated) <= gt_overlap_iou
+        )
     if len(selection) == 0:
         return selection
     grouped, rank = rank_within_image(selection)
@@ -66,6 +83,7 @@ class PseudoLabel(TeacherStrategy):
         score_thr: float = 0.5,
         nms_iou: float = 0.6,
         max_per_image: int = 100,
+        gt_overlap_iou: float | None = 0.5,
         frozen_bn: FrozenBN = "eval",
     ) -> None:
         super().__init__(name=name, joint=joint, frozen_bn=frozen_bn)
@@ -75,6 +93,11 @@ class PseudoLabel(TeacherStrategy):
             raise ConfigError(f"strategy.nms_iou must be in (0, 1], got {nms_iou}")
         if int(max_per_image) < 1:
             raise ConfigError(f"strategy.max_per_image must be at least 1, got {max_per_image}")
+        if gt_overlap_iou is not None and not 0.0 <= float(gt_overlap_iou) <= 1.0:
+            raise ConfigError(
+                f"strategy.gt_overlap_iou must be in [0, 1] or null, got {gt_overlap_iou}"
+            )
+        self.gt_overlap_iou = None if gt_overlap_iou is None else float(gt_overlap_iou)
         self.score_thr = float(score_thr)
         self.nms_iou = float(nms_iou)
         self.max_per_image = int(max_per_image)
@@ -91,8 +114,16 @@ class PseudoLabel(TeacherStrategy):
         best = old_class_scores(step.head.scores(teacher), self.old_classes)
         height, width = step.input_size
         boxes = clip_boxes(step.head.boxes(teacher, step.input_size), height, width)
+        annotated = pad_targets(step.batch.boxes, step.batch.labels, boxes.device, boxes.dtype)
         kept = select_detections(
-            best.score, best.label, boxes, self.score_thr, self.nms_iou, self.max_per_image
+            best.score,
+            best.label,
+            boxes,
+            self.score_thr,
+            self.nms_iou,
+            self.max_per_image,
+            annotated,
+            self.gt_overlap_iou,
         )
         num_images = len(step.batch)
         self.last_pseudo_per_image = len(kept) / max(num_images, 1)

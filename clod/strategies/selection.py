@@ -15,7 +15,9 @@ from typing import NamedTuple
 
 import torch
 
+from clod.models.boxes import pairwise_iou
 from clod.models.nms import grouped_nms
+from clod.models.targets import Targets
 
 
 class OldClassScores(NamedTuple):
@@ -102,3 +104,21 @@ def per_image(
     image, prior = selection.image[order], selection.prior[order]
     counts = torch.bincount(image, minlength=num_images).tolist()
     return [list(torch.split(value[image, prior], counts)) for value in values]
+
+
+def max_iou_with_targets(
+    selection: Selection, boxes: torch.Tensor, targets: Targets
+) -> torch.Tensor:
+    """(K,) for each selected prior, the largest IoU of its box with an annotated box of
+    its own image (0 where the image has none).
+
+    ``boxes`` (B, N, 4); ``targets`` the batch's padded annotated boxes. One (K, G) IoU
+    matrix against each selected box's own image's targets, padding masked.
+    """
+    if len(selection) == 0 or targets.boxes.shape[1] == 0:
+        return boxes.new_zeros(len(selection))
+    selected = boxes[selection.image, selection.prior]  # (K, 4)
+    own_targets = targets.boxes[selection.image].to(selected.dtype)  # (K, G, 4)
+    ious = pairwise_iou(selected[:, None, :], own_targets).squeeze(1)  # (K, G)
+    ious = ious.masked_fill(~targets.valid[selection.image], 0.0)
+    return ious.amax(dim=1)

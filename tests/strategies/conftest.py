@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from clod.bench import synthetic_batch
+from clod.benchmarking.rows import strategy_config
 from clod.data.tasks import Task
 from clod.data.types import Batch, ImageRecord
 from clod.engine.module import CLODModule
@@ -42,8 +43,9 @@ def build_model(name: str = "nanodet_tiny", num_classes: int = NUM_CLASSES) -> D
 
 
 def build_strategy(name: str, **overrides: Any) -> Strategy:
-    """``conf/strategy/<name>.yaml`` with ``overrides`` (``seed`` defaults to 0)."""
-    cfg = OmegaConf.load(CONF / "strategy" / f"{name}.yaml")
+    """``conf/strategy/<name>.yaml`` as Hydra composes it, with ``overrides`` (``seed`` 0)."""
+    cfg = strategy_config(name, CONF)
+    assert cfg is not None, f"no conf/strategy/{name}.yaml"
     root = OmegaConf.create({"seed": 0, "strategy": cfg})
     root.strategy.merge_with(overrides)
     return instantiate(root.strategy)

@@ -231,3 +231,28 @@ def test_pseudo_label_task_zero_is_plain_and_bad_values_are_named() -> None:
         PseudoLabel(score_thr=1.5)
     with pytest.raises(ConfigError, match=r"strategy\.max_per_image"):
         PseudoLabel(max_per_image=0)
+
+
+@pytest.mark.parametrize("strategy_name", ["pseudo_label", "ilyolox_shipped"])
+def test_a_pseudo_box_on_an_annotated_new_object_is_dropped_when_asked(strategy_name: str) -> None:
+    task = make_task(1, [2])  # old classes 0 and 1
+    images = one_object_batch(size=1)
+    images.boxes = [torch.tensor([[40.0, 40.0, 56.0, 56.0]])]  # the new (class 2) object
+    on_new, elsewhere = level0_prior(48, 48), level0_prior(16, 16)
+    # The teacher calls the new object "class 0" (its box is the annotated box: IoU 1).
+    teacher = teacher_with_detections([(0, on_new, 0, 0.9), (0, elsewhere, 0, 0.8)])
+    step = step_for(student_raw(size=1), images, teacher)
+    kept = {}
+    for overlap in (None, 0.5):
+        options = (
+            {"gt_overlap_iou": overlap}
+            if strategy_name == "pseudo_label"
+            else {"select": {"gt_overlap_iou": overlap}}
+        )
+        strategy = build_strategy(strategy_name, **options)
+        module = make_module(build_model(), strategy, task)
+        supervision = strategy.supervision(module, step)
+        assert supervision is not None and supervision.extra_ids is not None
+        kept[overlap] = sorted(supervision.extra_ids[0].tolist())
+    assert kept[None] == sorted([on_new, elsewhere])
+    assert kept[0.5] == [elsewhere]
