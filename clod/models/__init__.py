@@ -9,6 +9,12 @@ Interface used by the rest of clod (B = batch, N = priors, C = allocated classes
 * ``backbone(images) -> (C3, C4, C5)``; ``neck((C3, C4, C5)) -> (P3, P4, P5, P6)``;
   ``head(pyramid) -> HeadOutput(raw, towers)`` with ``raw`` B×N×(C+32) (class logits, then
   4×8 bin logits l, t, r, b) and ``towers`` the four tower maps, computed once.
+* ``HeadOutput`` names its parts: ``cls_logits`` (B×N×C) and ``box_logits`` (views of
+  ``raw``) and ``towers``; ``head.boxes(output, input_size)`` decodes every prior's box and
+  ``head.scores(output)`` gives the class confidences. Strategies read these names.
+* ``head.assign_targets(raw, targets, input_size)`` → :class:`~clod.models.targets.Assigned`
+  over padded :class:`~clod.models.targets.Targets` (annotated and extra ones), and
+  ``head.loss_from_assignment(raw, assigned, input_size, class_mask, qfl_weight, box_mask)``.
 * ``head.loss(raw, boxes, labels, input_size, class_mask=None)`` → ``loss``, ``loss_qfl``,
   ``loss_bbox``, ``loss_dfl``; ``head.decode(raw, input_size, warps=None,
   orig_sizes=None, score_thr=0.05, nms_iou=0.6, max_det=100, class_mask=None)`` → one

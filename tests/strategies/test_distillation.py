@@ -24,7 +24,7 @@ from tests.strategies.conftest import (
 
 TASK0 = make_task(0, [0, 1])
 TASK1 = make_task(1, [2])  # old classes 0 and 1; class 3 is a future class
-DISTILLERS = ["lwf", "sid", "latent"]
+DISTILLERS = ["lwf", "sid", "latent", "erd", "ilyolox", "ilyolox_shipped", "pseudo_label"]
 
 
 # --------------------------------------------------------------------------- the terms
@@ -168,6 +168,22 @@ def test_latent_runs_the_backbone_once_per_step() -> None:
     assert calls == {"backbone": 1, "student_neck": 1, "teacher_neck": 1}
     # the frozen backbone took part without gradients
     assert all(p.grad is None for p in module.backbone.parameters())
+
+
+@pytest.mark.parametrize("name", DISTILLERS)
+def test_the_teacher_runs_once_per_step_whatever_its_terms_read(name: str) -> None:
+    # erd, ilyolox and pseudo_label read the teacher in the supervision and in the terms:
+    # both must share one teacher pass (Step.teacher).
+    module = make_module(build_model(), build_strategy(name), TASK1)
+    calls = {"teacher_head": 0, "student_head": 0}
+    module.teacher.head.register_forward_hook(
+        lambda *_: calls.__setitem__("teacher_head", calls["teacher_head"] + 1)
+    )
+    module.student.head.register_forward_hook(
+        lambda *_: calls.__setitem__("student_head", calls["student_head"] + 1)
+    )
+    module.training_losses(batch())[0].backward()
+    assert calls == {"teacher_head": 1, "student_head": 1}
 
 
 def test_latent_freezes_from_the_configured_task() -> None:
