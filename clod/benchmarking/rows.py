@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ class StrategyBench:
     trainable: list[nn.Parameter]
     modules: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # more row entries
+    # The strategy's numbers about its last step (e.g. pseudo boxes per image): how much
+    # selection work the timed steps did.
+    diagnostics: Callable[[], dict[str, float]] = dict
 
 
 # (detector, the strategy's config from conf/strategy or None) -> its benchmark step
@@ -94,6 +98,7 @@ def module_bench(detector: Detector, strategy_cfg: DictConfig | None) -> Strateg
         trainable=[p for p in module.parameters() if p.requires_grad],
         modules={"teacher": module.teacher} if module.teacher is not None else {},
         extra={"params_teacher": counts["params_teacher"]},
+        diagnostics=strategy.diagnostics,
     )
 
 
@@ -173,6 +178,7 @@ def bench_strategy(
         "train_peak_rss_mb": peak_rss_bytes() / 2**20,
         "train_peak_fraction": flops_per_image * images_per_s / timing.matmul_flops_per_s,
         **strategy.extra,
+        **{f"last_step/{k}": v for k, v in strategy.diagnostics().items()},
     }
 
 

@@ -118,5 +118,8 @@ def test_rendered_images_and_trained_weights_feed_the_strategy_rows(tmp_path) ->
     assert result["images"] == "synthetic" and result["weights"] == str(weights)
     assert [row["strategy"] for row in result["rows"]] == ["erd", "pseudo_label"]
     assert all(row["params_teacher"] == result["params"]["total"] for row in result["rows"])
+    # each row says how much selection work its timed steps did
+    assert "last_step/erd_reg_kept_per_image" in result["rows"][0]
+    assert "last_step/pseudo_per_image" in result["rows"][1]
     with pytest.raises(ConfigError, match="images must be one of"):
         bench.main([*common, "images=noise"])
