@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from clod.data.tasks import Task
 from clod.data.types import Batch, ImageRecord
 from clod.engine.module import CLODModule
 from clod.models.detector import Detector, build_detector
-from clod.strategies.base import Strategy
+from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.strategies.base import Step, Strategy
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 NUM_CLASSES = 4
@@ -127,3 +129,39 @@ def image_records(
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache of generated datasets for the end-to-end runs."""
     return tmp_path_factory.mktemp("data")
+
+
+# --------------------------------------------------------------------------- hand-built steps
+# Mechanism tests build teacher/student outputs by hand on a tiny head: 4 classes, 8 bins,
+# a 64×64 input (64 + 16 + 4 + 1 = 85 priors).
+HAND_CLASSES = 4
+HAND_SIDE = 64
+
+
+def tiny_head() -> NanoDetPlusHead:
+    return NanoDetPlusHead(HAND_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1)
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+def level0_prior(x: int, y: int) -> int:
+    """The index of the stride-8 prior whose centre is (x, y) (8×8 priors, row-major)."""
+    return (y // 8) * 8 + x // 8
+
+
+def hand_step(student_raw: torch.Tensor, teacher_raw: torch.Tensor | None, images: Batch) -> Step:
+    """A :class:`Step` over hand-built raw outputs (no towers) on :func:`tiny_head`."""
+
+    def output(raw: torch.Tensor) -> HeadOutput:
+        return HeadOutput.from_raw(raw, (), HAND_CLASSES)
+
+    return Step(
+        batch=images,
+        features=(),
+        student=output(student_raw),
+        teacher=output(teacher_raw) if teacher_raw is not None else None,
+        head=tiny_head(),
+        input_size=(HAND_SIDE, HAND_SIDE),
+    )

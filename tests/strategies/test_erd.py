@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head import HeadOutput
 from clod.strategies.base import Step, Strategy
 from clod.strategies.erd import (
     ERD,
@@ -34,6 +34,7 @@ from tests.strategies.conftest import (
     make_task,
     perturb_,
     snapshot,
+    tiny_head,
 )
 
 TASK0 = make_task(0, [0, 1])
@@ -47,10 +48,6 @@ PEAK = 30.0  # a bin logit this high makes a side's expected distance that bin, 
 
 # Stride-8 priors used below: A centre (16, 16), D centre (40, 16), C centre (56, 56).
 A, D, C = 8 * 2 + 2, 8 * 2 + 5, 8 * 7 + 7
-
-
-def tiny_head() -> NanoDetPlusHead:
-    return NanoDetPlusHead(num_classes=4, in_channels=8, feat_channels=8, stacked_convs=1)
 
 
 def side_logits(distance_bins: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.boxes import pairwise_iou
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head import HeadOutput
 from clod.models.targets import Assigned, Targets
 from clod.strategies import ilyolox_parts
 from clod.strategies.base import Step, TrainingModule
@@ -31,7 +31,16 @@ from clod.strategies.ilyolox_parts import (
     mean_kstd_mask,
     select_teacher_priors,
 )
-from tests.strategies.conftest import batch, build_model, build_strategy, make_module, make_task
+from tests.strategies.conftest import (
+    batch,
+    build_model,
+    build_strategy,
+    hand_step,
+    level0_prior,
+    logit,
+    make_module,
+    make_task,
+)
 from tests.strategies.conftest import snapshot as state_snapshot
 
 NUM_CLASSES = 4
@@ -43,36 +52,12 @@ TASK1 = make_task(1, [2])  # old classes 0 and 1, new class 2, class 3 not seen 
 LN2 = math.log(2.0)
 
 
-def tiny_head() -> NanoDetPlusHead:
-    return NanoDetPlusHead(NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1)
-
-
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
-
-
-def level0_prior(x: int, y: int) -> int:
-    return (y // 8) * 8 + x // 8  # level 0 (stride 8): 8×8 priors, row-major
-
-
 def raw_with_unit_boxes(size: int = 1, class_logit: float = -30.0) -> torch.Tensor:
     """(size, 85, 36) raw output: every class logit ``class_logit``; every side's distance
     exactly bin 1, so the level-0 prior at (x, y) predicts the box (x−8, y−8, x+8, y+8)."""
     raw = torch.full((size, NUM_PRIORS, NUM_CLASSES + 4 * BINS), class_logit)
     raw[..., NUM_CLASSES:].view(size, NUM_PRIORS, 4, BINS)[..., 1] = 30.0
     return raw
-
-
-def step_for(raw: torch.Tensor, teacher: torch.Tensor | None, images: Batch) -> Step:
-    as_output = lambda r: HeadOutput.from_raw(r, (), NUM_CLASSES)  # noqa: E731
-    return Step(
-        batch=images,
-        features=(),
-        student=as_output(raw),
-        teacher=as_output(teacher) if teacher is not None else None,
-        head=tiny_head(),
-        input_size=(SIDE, SIDE),
-    )
 
 
 # --------------------------------------------------------------------------- selection
@@ -181,7 +166,7 @@ def test_pseudo_ground_truth_is_old_classes_only_with_the_teacher_prior_as_id() 
     teacher[0, a, 3] = logit(0.95)  # class 3 is not old: ignored even though it is the max
     teacher[0, a, 1] = logit(0.60)  # → s = 0.60, c* = 1: a crs centre
     teacher[0, b, 2] = logit(0.99)  # class 2 is new at task 1: never a pseudo box
-    step = step_for(raw_with_unit_boxes(size=2), teacher, batch(size=2, side=SIDE))
+    step = hand_step(raw_with_unit_boxes(size=2), teacher, batch(size=2, side=SIDE))
     supervision = strategy.supervision(module, step)
     assert supervision is not None and supervision.extra_route == "distill_keep_quality"
     assert supervision.extra_boxes is not None and supervision.extra_labels is not None
@@ -372,7 +357,7 @@ def test_training_loss_reads_the_teacher_at_q_and_the_student_at_p(channels: str
     positive[0, p] = True
     zeros = torch.zeros(1, NUM_PRIORS)
     assigned = Assigned(targets, positive, zeros.long(), zeros)
-    terms = strategy.training_loss(module, step_for(student, teacher, batch(1, SIDE)), assigned)
+    terms = strategy.training_loss(module, hand_step(student, teacher, batch(1, SIDE)), assigned)
     # Student box at p: (16, 8, 32, 24); teacher box (8, 8, 24, 24): IoU 128/384 = 1/3, the
     # hull is the union, so GIoU = 1/3 and e_loc = 2/3.
     # e_cls over old channels at q: BCE(2, 1) + BCE(−2, 0) = 2·softplus(−2) = 0.253856
@@ -406,7 +391,7 @@ def test_task_zero_has_no_supervision_and_no_terms(name: str) -> None:
     assert module.teacher is None
     images = batch(size=2, side=SIDE)
     output = module(images.images)
-    assert strategy.supervision(module, step_for(output.raw.detach(), None, images)) is None
+    assert strategy.supervision(module, hand_step(output.raw.detach(), None, images)) is None
     total, terms = module.training_losses(images)
     assert not any(k.startswith("ckd") for k in terms)
     assert torch.equal(total, terms["loss"])

@@ -3,39 +3,30 @@ routing of the positives matched to extra targets, and the pseudo-label strategy
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput, NanoDetPlusHead
-from clod.strategies.base import Step, Supervision
+from clod.models.head import HeadOutput
+from clod.strategies.base import Supervision
 from clod.strategies.pseudo_label import PseudoLabel, select_detections
 from clod.strategies.supervision import supervised_detection_loss
-from tests.strategies.conftest import batch, build_model, build_strategy, make_module, make_task
+from tests.strategies.conftest import (
+    batch,
+    build_model,
+    build_strategy,
+    hand_step,
+    level0_prior,
+    logit,
+    make_module,
+    make_task,
+    tiny_head,
+)
 
 NUM_CLASSES = 4
 SIDE = 64  # 64 + 16 + 4 + 1 = 85 priors
 BINS = 8
-
-
-def tiny_head() -> NanoDetPlusHead:
-    return NanoDetPlusHead(NUM_CLASSES, in_channels=8, feat_channels=8, stacked_convs=1)
-
-
-def step_for(raw: torch.Tensor, images: Batch, teacher: torch.Tensor | None = None) -> Step:
-    head = tiny_head()
-    as_output = lambda r: HeadOutput.from_raw(r, (), NUM_CLASSES)  # noqa: E731
-    return Step(
-        batch=images,
-        features=(),
-        student=as_output(raw),
-        teacher=as_output(teacher) if teacher is not None else None,
-        head=head,
-        input_size=(SIDE, SIDE),
-    )
 
 
 def student_raw(seed: int = 0, size: int = 2) -> torch.Tensor:
@@ -68,7 +59,7 @@ def gradient(raw: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
 
 def test_without_supervision_the_loss_is_the_heads_plain_loss() -> None:
     raw, images = student_raw(), one_object_batch()
-    losses, assigned = supervised_detection_loss(tiny_head(), step_for(raw, images), None)
+    losses, assigned = supervised_detection_loss(tiny_head(), hand_step(raw, None, images), None)
     plain = tiny_head().loss(raw, images.boxes, images.labels, (SIDE, SIDE))
     for key, value in plain.items():
         assert torch.equal(losses[key], value), key
@@ -77,7 +68,7 @@ def test_without_supervision_the_loss_is_the_heads_plain_loss() -> None:
 
 def test_extra_targets_are_merged_before_assignment_and_keep_their_ids() -> None:
     raw, images = student_raw(), one_object_batch()
-    _, assigned = supervised_detection_loss(tiny_head(), step_for(raw, images), pseudo())
+    _, assigned = supervised_detection_loss(tiny_head(), hand_step(raw, None, images), pseudo())
     targets = assigned.targets
     # extra first, then annotated: [pseudo class 0, annotated class 2] in each image
     assert targets.labels.tolist() == [[0, 2], [0, 2]]
@@ -96,7 +87,7 @@ def test_class_mask_sends_no_qfl_gradient_to_the_masked_channels() -> None:
     raw, images = student_raw(), one_object_batch()
     mask = torch.tensor([False, False, True, True])  # classes 0 and 1 are "old"
     losses, _ = supervised_detection_loss(
-        tiny_head(), step_for(raw, images), Supervision(class_mask=mask)
+        tiny_head(), hand_step(raw, None, images), Supervision(class_mask=mask)
     )
     grad = gradient(raw, losses["loss_qfl"])
     assert not grad[..., :2].any()
@@ -108,7 +99,7 @@ def test_ignored_negatives_get_no_gradient_but_a_positives_target_stays() -> Non
     ignore = torch.zeros(2, 85, NUM_CLASSES, dtype=torch.bool)
     ignore[..., 2] = True  # would also cover the annotated class-2 positives' targets
     losses, assigned = supervised_detection_loss(
-        tiny_head(), step_for(raw, images), Supervision(ignore_negatives=ignore)
+        tiny_head(), hand_step(raw, None, images), Supervision(ignore_negatives=ignore)
     )
     grad = gradient(raw, losses["loss_qfl"])[..., 2]
     positive = assigned.positive
@@ -123,7 +114,9 @@ def test_routing_of_the_positives_matched_to_extra_targets(route: str) -> None:
     supervision = Supervision(
         extra_boxes=base.extra_boxes, extra_labels=base.extra_labels, extra_route=route
     )
-    losses, assigned = supervised_detection_loss(tiny_head(), step_for(raw, images), supervision)
+    losses, assigned = supervised_detection_loss(
+        tiny_head(), hand_step(raw, None, images), supervision
+    )
     grad = gradient(raw, losses["loss"])
     routed, kept = assigned.extra_positive, assigned.positive & ~assigned.extra_positive
     cls_grad, box_grad = grad[..., :NUM_CLASSES], grad[..., NUM_CLASSES:]
@@ -140,7 +133,7 @@ def test_routing_of_the_positives_matched_to_extra_targets(route: str) -> None:
     # QFL is normalised by the positives it supervises
     expected_pos = int(kept.sum()) + (0 if route == "distill" else int(routed.sum()))
     assert expected_pos > 0
-    rebuilt, _ = supervised_detection_loss(tiny_head(), step_for(raw, images), supervision)
+    rebuilt, _ = supervised_detection_loss(tiny_head(), hand_step(raw, None, images), supervision)
     assert torch.equal(rebuilt["loss_qfl"], losses["loss_qfl"])
 
 
@@ -152,8 +145,6 @@ def test_supervision_rejects_a_half_given_extra_target_and_an_unknown_route() ->
 
 
 # --------------------------------------------------------------------------- pseudo_label
-def logit(p: float) -> float:
-    return math.log(p / (1.0 - p))
 
 
 def teacher_with_detections(entries: list[tuple[int, int, int, float]]) -> torch.Tensor:
@@ -166,10 +157,6 @@ def teacher_with_detections(entries: list[tuple[int, int, int, float]]) -> torch
     for _, prior, cls, score in entries:
         raw[0, prior, cls] = logit(score)
     return raw
-
-
-def level0_prior(x: int, y: int) -> int:
-    return (y // 8) * 8 + x // 8  # level 0: 8×8 priors, row-major
 
 
 def test_pseudo_labels_are_the_old_class_detections_above_the_threshold() -> None:
@@ -212,7 +199,7 @@ def test_pseudo_label_strategy_adds_exactly_those_boxes_to_the_targets() -> None
     a, b = level0_prior(16, 16), level0_prior(48, 48)
     teacher = teacher_with_detections([(0, a, 0, 0.9), (0, b, 2, 0.99)])
     teacher = torch.cat((teacher, teacher_with_detections([])))  # image 2: nothing confident
-    step = step_for(student_raw(size=2), one_object_batch(), teacher)
+    step = hand_step(student_raw(size=2), teacher, one_object_batch())
     supervision = strategy.supervision(module, step)
     assert supervision is not None and supervision.extra_route == "standard"
     assert [len(b) for b in supervision.extra_boxes] == [1, 0]
@@ -241,7 +228,7 @@ def test_a_pseudo_box_on_an_annotated_new_object_is_dropped_when_asked(strategy_
     on_new, elsewhere = level0_prior(48, 48), level0_prior(16, 16)
     # The teacher calls the new object "class 0" (its box is the annotated box: IoU 1).
     teacher = teacher_with_detections([(0, on_new, 0, 0.9), (0, elsewhere, 0, 0.8)])
-    step = step_for(student_raw(size=1), images, teacher)
+    step = hand_step(student_raw(size=1), teacher, images)
     kept = {}
     for overlap in (None, 0.5):
         options = (
