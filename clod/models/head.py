@@ -11,7 +11,6 @@ Conventions used by every method:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +31,7 @@ from clod.models.losses import (
     quality_focal_loss,
 )
 from clod.models.nms import batched_nms
+from clod.models.priors import Priors, make_priors
 from clod.models.targets import Assigned, Targets, pad_targets
 
 PRIOR_PROB = 0.01
@@ -67,31 +67,6 @@ class HeadOutput(NamedTuple):
         return HeadOutput.from_raw(
             self.raw.float(), [t.float() for t in self.towers], self.cls_logits.shape[-1]
         )
-
-
-class Priors(NamedTuple):
-    centres: torch.Tensor  # (N, 2) x, y in input pixels
-    strides: torch.Tensor  # (N,)
-
-
-def make_priors(
-    input_size: tuple[int, int],
-    strides: Sequence[int],
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> Priors:
-    """Prior centres for an input of (height, width): ⌈H/s⌉·⌈W/s⌉ per level, row-major."""
-    height, width = input_size
-    centres: list[torch.Tensor] = []
-    prior_strides: list[torch.Tensor] = []
-    for stride in strides:
-        rows, cols = math.ceil(height / stride), math.ceil(width / stride)
-        ys = torch.arange(rows, device=device, dtype=dtype) * stride
-        xs = torch.arange(cols, device=device, dtype=dtype) * stride
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        centres.append(torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1))
-        prior_strides.append(torch.full((rows * cols,), float(stride), device=device, dtype=dtype))
-    return Priors(torch.cat(centres), torch.cat(prior_strides))
 
 
 def expand_class_rows(
