@@ -18,11 +18,11 @@ import torch
 
 from clod.data.types import Batch
 from clod.models.head import NanoDetPlusHead
-from clod.models.targets import Assigned, merge_targets, pad_targets
+from clod.models.targets import Assigned, Targets, merge_targets, pad_targets
 from clod.strategies.base import Step, Supervision
 
 
-def batch_targets(batch: Batch, supervision: Supervision | None, dtype: torch.dtype):
+def batch_targets(batch: Batch, supervision: Supervision | None, dtype: torch.dtype) -> Targets:
     """The annotated targets of ``batch``, after the supervision's extra targets if any."""
     device = batch.images.device
     annotated = pad_targets(batch.boxes, batch.labels, device, dtype)
@@ -37,9 +37,7 @@ def batch_targets(batch: Batch, supervision: Supervision | None, dtype: torch.dt
     return merge_targets(extra, annotated)
 
 
-def loss_controls(
-    supervision: Supervision, assigned: Assigned, num_classes: int
-) -> dict[str, torch.Tensor | None]:
+def loss_controls(supervision: Supervision, assigned: Assigned) -> dict[str, torch.Tensor | None]:
     """The head's ``class_mask``, ``qfl_weight`` and ``box_mask`` for this supervision."""
     positive = assigned.positive
     qfl_weight: torch.Tensor | None = None
@@ -66,8 +64,6 @@ def supervised_detection_loss(
     raw = step.student.raw
     targets = batch_targets(step.batch, supervision, raw.dtype)
     assigned = head.assign_targets(raw, targets, step.input_size)
-    controls = (
-        loss_controls(supervision, assigned, head.num_classes) if supervision is not None else {}
-    )
+    controls = loss_controls(supervision, assigned) if supervision is not None else {}
     losses = head.loss_from_assignment(raw, assigned, step.input_size, **controls)
     return losses, assigned
