@@ -33,6 +33,7 @@ from clod.engine.schedule import WarmupCosine, warmup_steps
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
 from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.targets import pad_targets
 from clod.strategies.base import Step, Strategy
 from clod.strategies.supervision import supervised_detection_loss
 from clod.utils.tensors import count_parameters, float32
@@ -167,6 +168,7 @@ class CLODModule(pl.LightningModule):
                 teacher=teacher.float() if teacher is not None else None,
                 head=self.head,
                 input_size=(int(images.shape[-2]), int(images.shape[-1])),
+                annotated=pad_targets(batch.boxes, batch.labels, images.device, torch.float32),
             )
             supervision = self.strategy.supervision(self, step)
             losses, assigned = supervised_detection_loss(self.head, step, supervision)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.models.head import HeadOutput, NanoDetPlusHead
-from clod.models.targets import Assigned
+from clod.models.targets import Assigned, Targets
 
 FrozenBN = Literal["eval", "train"]
 # Where the positives matched to extra (pseudo) targets learn (docs/strategies.md §8):
@@ -54,7 +54,9 @@ class Step:
     student: the student's outputs (in the graph); teacher: the teacher's outputs,
     computed once per batch without gradients (None without a teacher); features: the
     backbone features both were computed from (a frozen backbone runs once for both);
-    head: the student's head, for decoding boxes and priors; input_size: (height, width).
+    head: the student's head, for decoding boxes and priors; input_size: (height, width);
+    annotated: the batch's own boxes as padded :class:`~clod.models.targets.Targets`, padded
+    once per step for the detection loss and any strategy that compares with them.
     """
 
     batch: Batch
@@ -63,6 +65,7 @@ class Step:
     teacher: HeadOutput | None
     head: NanoDetPlusHead
     input_size: tuple[int, int]
+    annotated: Targets
 
 
 @dataclass(frozen=True)

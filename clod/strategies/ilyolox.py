@@ -30,7 +30,7 @@ import torch
 
 from clod.errors import ConfigError
 from clod.models.boxes import clip_boxes, distance_to_box
-from clod.models.targets import Assigned, pad_targets
+from clod.models.targets import Assigned
 from clod.strategies.base import ExtraRoute, Step, Supervision, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, attached_zero
 from clod.strategies.ilyolox_parts import (
@@ -42,7 +42,7 @@ from clod.strategies.ilyolox_parts import (
     confident_old_negatives,
     select_teacher_priors,
 )
-from clod.strategies.selection import max_iou_with_targets, old_class_scores, per_image
+from clod.strategies.selection import drop_overlapping, old_class_scores, pseudo_ground_truth
 
 log = logging.getLogger(__name__)
 
@@ -151,17 +151,9 @@ class ILYOLOX(TeacherStrategy):
             height, width = step.input_size
             boxes = clip_boxes(step.head.boxes(teacher, step.input_size), height, width)
             kept = select_teacher_priors(best.score, best.label, boxes, self.select, num_classes)
-            if self.select.gt_overlap_iou is not None:
-                annotated = pad_targets(
-                    step.batch.boxes, step.batch.labels, boxes.device, boxes.dtype
-                )
-                overlap = max_iou_with_targets(kept, boxes, annotated)
-                kept = kept.subset(overlap <= self.select.gt_overlap_iou)
-            num_images, num_priors = best.score.shape
-            prior_ids = torch.arange(num_priors, device=boxes.device).expand(num_images, -1)
-            extra_boxes, extra_labels, extra_ids = per_image(
-                kept, num_images, boxes, best.label, prior_ids
-            )
+            kept = drop_overlapping(kept, boxes, step.annotated, self.select.gt_overlap_iou)
+            num_images = best.score.shape[0]
+            extra_boxes, extra_labels, extra_ids = pseudo_ground_truth(kept, boxes, best.label)
             ignore = None
             if self.ignore_confident_old:
                 ignore = confident_old_negatives(

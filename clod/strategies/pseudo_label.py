@@ -19,15 +19,15 @@ import torch
 
 from clod.errors import ConfigError
 from clod.models.boxes import clip_boxes
-from clod.models.targets import Targets, pad_targets
+from clod.models.targets import Targets
 from clod.strategies.base import Step, Supervision, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy
 from clod.strategies.selection import (
     Selection,
-    max_iou_with_targets,
+    drop_overlapping,
     nms_per_image,
     old_class_scores,
-    per_image,
+    pseudo_ground_truth,
 )
 
 
@@ -61,10 +61,8 @@ def select_detections(
     """
     selection = Selection.from_mask(scores > score_thr)
     selection = nms_per_image(selection, boxes, scores, labels, nms_iou)  # best first
-    if annotated is not None and gt_overlap_iou is not None:
-        selection = selection.subset(
-            max_iou_with_targets(selection, boxes, annotated) <= gt_overlap_iou
-        )
+    if annotated is not None:
+        selection = drop_overlapping(selection, boxes, annotated, gt_overlap_iou)
     if len(selection) == 0:
         return selection
     grouped, rank = rank_within_image(selection)
@@ -114,7 +112,6 @@ class PseudoLabel(TeacherStrategy):
         best = old_class_scores(step.head.scores(teacher), self.old_classes)
         height, width = step.input_size
         boxes = clip_boxes(step.head.boxes(teacher, step.input_size), height, width)
-        annotated = pad_targets(step.batch.boxes, step.batch.labels, boxes.device, boxes.dtype)
         kept = select_detections(
             best.score,
             best.label,
@@ -122,18 +119,10 @@ class PseudoLabel(TeacherStrategy):
             self.score_thr,
             self.nms_iou,
             self.max_per_image,
-            annotated,
+            step.annotated,
             self.gt_overlap_iou,
         )
         num_images = len(step.batch)
         self.last_pseudo_per_image = len(kept) / max(num_images, 1)
-        extra_boxes, extra_labels, extra_ids = per_image(
-            kept, num_images, boxes, best.label, kept_prior_ids(boxes)
-        )
+        extra_boxes, extra_labels, extra_ids = pseudo_ground_truth(kept, boxes, best.label)
         return Supervision(extra_boxes=extra_boxes, extra_labels=extra_labels, extra_ids=extra_ids)
-
-
-def kept_prior_ids(boxes: torch.Tensor) -> torch.Tensor:
-    """(B, N) the prior index of every prior: the id each pseudo box carries."""
-    batch, num_priors = boxes.shape[:2]
-    return torch.arange(num_priors, device=boxes.device).expand(batch, num_priors)

@@ -106,6 +106,30 @@ def per_image(
     return [list(torch.split(value[image, prior], counts)) for value in values]
 
 
+def pseudo_ground_truth(
+    selection: Selection, boxes: torch.Tensor, labels: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """Per-image extra targets of the selected priors: their boxes (B, N, 4), their labels
+    (B, N), and as each target's id the teacher prior it came from (for a
+    :class:`~clod.strategies.base.Supervision`)."""
+    num_images, num_priors = labels.shape
+    prior_ids = torch.arange(num_priors, device=labels.device).expand(num_images, num_priors)
+    extra_boxes, extra_labels, extra_ids = per_image(
+        selection, num_images, boxes, labels, prior_ids
+    )
+    return extra_boxes, extra_labels, extra_ids
+
+
+def drop_overlapping(
+    selection: Selection, boxes: torch.Tensor, annotated: Targets, max_iou: float | None
+) -> Selection:
+    """The selected priors whose box has IoU ≤ ``max_iou`` with every annotated box of its
+    image (None: all of them)."""
+    if max_iou is None:
+        return selection
+    return selection.subset(max_iou_with_targets(selection, boxes, annotated) <= max_iou)
+
+
 def max_iou_with_targets(
     selection: Selection, boxes: torch.Tensor, targets: Targets
 ) -> torch.Tensor:

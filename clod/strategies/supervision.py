@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from clod.data.types import Batch
 from clod.models.head import NanoDetPlusHead
 from clod.models.targets import Assigned, Targets, merge_targets, pad_targets
 from clod.strategies.base import Step, Supervision
 
 
-def batch_targets(batch: Batch, supervision: Supervision | None, dtype: torch.dtype) -> Targets:
-    """The annotated targets of ``batch``, after the supervision's extra targets if any."""
-    device = batch.images.device
-    annotated = pad_targets(batch.boxes, batch.labels, device, dtype)
+def batch_targets(step: Step, supervision: Supervision | None) -> Targets:
+    """The step's annotated targets, after the supervision's extra targets if any."""
+    annotated = step.annotated
+    device, dtype = annotated.boxes.device, annotated.boxes.dtype
     if supervision is None or supervision.extra_boxes is None:
         return annotated
     extra_labels = supervision.extra_labels
@@ -62,7 +61,7 @@ def supervised_detection_loss(
 ) -> tuple[dict[str, torch.Tensor], Assigned]:
     """QFL + GIoU + DFL of ``step`` under ``supervision`` (None: plain), and its assignment."""
     raw = step.student.raw
-    targets = batch_targets(step.batch, supervision, raw.dtype)
+    targets = batch_targets(step, supervision)
     assigned = head.assign_targets(raw, targets, step.input_size)
     controls = loss_controls(supervision, assigned) if supervision is not None else {}
     losses = head.loss_from_assignment(raw, assigned, step.input_size, **controls)

@@ -21,6 +21,7 @@ from clod.data.types import Batch, ImageRecord
 from clod.engine.module import CLODModule
 from clod.models.detector import Detector, build_detector
 from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.targets import pad_targets
 from clod.strategies.base import Step, Strategy
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -164,4 +165,5 @@ def hand_step(student_raw: torch.Tensor, teacher_raw: torch.Tensor | None, image
         teacher=output(teacher_raw) if teacher_raw is not None else None,
         head=tiny_head(),
         input_size=(HAND_SIDE, HAND_SIDE),
+        annotated=pad_targets(images.boxes, images.labels, "cpu", torch.float32),
     )

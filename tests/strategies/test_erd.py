@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 
+from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.head import HeadOutput
+from clod.models.targets import Targets, pad_targets
 from clod.strategies.base import Step, Strategy
 from clod.strategies.erd import (
     ERD,
@@ -36,6 +38,12 @@ from tests.strategies.conftest import (
     snapshot,
     tiny_head,
 )
+
+
+def annotated_of(images: Batch) -> Targets:
+    """The padded annotated targets a training step would build for ``images``."""
+    return pad_targets(images.boxes, images.labels, "cpu", torch.float32)
+
 
 TASK0 = make_task(0, [0, 1])
 TASK1 = make_task(1, [2])  # old classes 0 and 1, new class 2, future class 3
@@ -259,7 +267,7 @@ def test_task_zero_is_plain_training() -> None:
     assert not any(k.startswith("distill") for k in terms)
     assert torch.equal(total, terms["loss"]) and torch.equal(total, naive_total)
     output = module.head.forward(module.student.neck(module.features(images.images)))
-    step = Step(images, (), output, None, module.head, (SIDE, SIDE))
+    step = Step(images, (), output, None, module.head, (SIDE, SIDE), annotated_of(images))
     assert strategy.supervision(module, step) is None
     assert strategy.diagnostics() == {}
 
@@ -279,7 +287,7 @@ def test_class_mask_keeps_qfl_gradient_off_the_old_class_rows() -> None:
     module = make_module(build_model(), silent, TASK1)
     output = module.head.forward(module.student.neck(module.features(batch().images)))
     supervision = silent.supervision(
-        module, Step(batch(), (), output, output, module.head, (64, 64))
+        module, Step(batch(), (), output, output, module.head, (64, 64), annotated_of(batch()))
     )
     assert supervision is not None
     assert supervision.class_mask.tolist() == [False, False, True, True]
