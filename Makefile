@@ -26,7 +26,7 @@ help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
-	$(PYTHON) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
+	$(PYTHON) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev,export]"
 	@mkdir -p $(dir $@) && touch $@
 
 install: $(STAMP)  ## install clod and its dependencies (CPU torch) into $(PYTHON)

@@ -11,6 +11,11 @@ which data and scenario; extra ``key.sub=value`` pairs override it)::
     python -m clod.evaluate run=<run dir> [task=<k>] [classes=seen|all|name,name] [eval.test_images=all_images]
     python -m clod.evaluate ckpt=<run dir>/checkpoints/task_<k>.pt [classes=...]
 
+A model exported by ``clod.export`` (fp32 or int8 ONNX), scored on the run's test set by the
+same rules as its checkpoint (needs ``clod[export]``; docs/deployment.md)::
+
+    python -m clod.evaluate model=<file.onnx> run=<run dir> [classes=...] [threads=N]
+
 Arguments are ``key=value`` pairs (Hydra-style, without Hydra: this mode needs no config). The
 last line of stdout is one JSON object (see ``clod.metrics.files.evaluate_coco_files``). On bad
 arguments or a bad input file it prints a one-line error to stderr and exits with status 2, the
@@ -79,14 +84,35 @@ def evaluate_checkpoint(arguments: Sequence[str]) -> dict[str, object]:
         key, separator, value = argument.partition("=")
         if not separator or not key:
             raise ArgumentError(f"expected key=value, got {argument!r}")
-        if key in ("run", "ckpt", "task", "classes"):
+        if key in ("run", "ckpt", "task", "classes", "model", "threads"):
             values[key] = value
         elif "." in key:
             overrides.append(argument)
         else:
             raise ArgumentError(
-                f"unknown key {key!r} (run, ckpt, task, classes, or a config key like eval.test_images)"
+                f"unknown key {key!r} (run, ckpt, task, classes, model, threads, or a config key "
+                f"like eval.test_images)"
             )
+    if "model" in values:
+        if "run" not in values:
+            raise ArgumentError("model= needs run=<run dir> (whose test set scores it)")
+        if "task" in values or "ckpt" in values:
+            raise ArgumentError("model= takes its task from the file; drop task=/ckpt=")
+        threads = values.get("threads", "")
+        if threads and not threads.isdigit():
+            raise ArgumentError(f"threads must be a positive integer, got {threads!r}")
+        from clod.deploy import require_export_packages
+
+        require_export_packages()
+        from clod.deploy.evaluation import evaluate_onnx
+
+        return evaluate_onnx(
+            values["model"],
+            values["run"],
+            values.get("classes", "seen"),
+            overrides,
+            int(threads) if threads else None,
+        )
     task: int | None = None
     if "ckpt" in values:
         checkpoint = Path(values["ckpt"])
@@ -106,7 +132,7 @@ def evaluate_checkpoint(arguments: Sequence[str]) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    if any(a.startswith(("run=", "ckpt=")) for a in arguments):
+    if any(a.startswith(("run=", "ckpt=", "model=")) for a in arguments):
         from clod.errors import ClodError
 
         try:

@@ -1,6 +1,6 @@
 """The package's layering: imports point one way, and modules stay small.
 
-entry points -> engine -> strategies -> models / data / metrics -> utils. Every ``import``
+entry points -> deploy -> engine -> strategies -> models / data / metrics -> utils. Every ``import``
 in clod/ is read from the source (top-level, inside functions, under TYPE_CHECKING alike).
 """
 
@@ -12,21 +12,25 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "clod"
-ENTRY_POINTS = ("clod.train", "clod.evaluate", "clod.bench", "clod.report", "clod.cli")
+ENTRY_POINTS = (
+    "clod.train", "clod.evaluate", "clod.export", "clod.bench", "clod.report", "clod.cli",
+)  # fmt: skip
 
 # package -> what it must never import
 FORBIDDEN = {
     "clod.utils": ("clod.engine", "clod.strategies", "clod.models", "clod.data",
-                   "clod.metrics", "clod.reporting", "clod.benchmarking", *ENTRY_POINTS),
-    "clod.models": ("clod.engine", "clod.strategies", "clod.reporting", "clod.benchmarking",
+                   "clod.metrics", "clod.reporting", "clod.benchmarking", "clod.deploy",
+                   *ENTRY_POINTS),
+    "clod.models": ("clod.engine", "clod.deploy", "clod.strategies", "clod.reporting", "clod.benchmarking",
                     *ENTRY_POINTS),
-    "clod.data": ("clod.engine", "clod.strategies", "clod.models", "clod.reporting",
+    "clod.data": ("clod.engine", "clod.deploy", "clod.strategies", "clod.models", "clod.reporting",
                   "clod.benchmarking", *ENTRY_POINTS),
-    "clod.metrics": ("clod.engine", "clod.strategies", "clod.models", "clod.reporting",
+    "clod.metrics": ("clod.engine", "clod.deploy", "clod.strategies", "clod.models", "clod.reporting",
                      "clod.benchmarking", *ENTRY_POINTS),
-    "clod.strategies": ("clod.engine", "clod.reporting", "clod.benchmarking", *ENTRY_POINTS),
-    "clod.engine": ("clod.reporting", "clod.benchmarking", *ENTRY_POINTS),
-    "clod.reporting": ("clod.engine", "clod.strategies", "clod.benchmarking", *ENTRY_POINTS),
+    "clod.strategies": ("clod.engine", "clod.deploy", "clod.reporting", "clod.benchmarking", *ENTRY_POINTS),
+    "clod.engine": ("clod.reporting", "clod.benchmarking", "clod.deploy", *ENTRY_POINTS),
+    "clod.deploy": ("clod.reporting", "clod.benchmarking", *ENTRY_POINTS),
+    "clod.reporting": ("clod.engine", "clod.deploy", "clod.strategies", "clod.benchmarking", *ENTRY_POINTS),
 }  # fmt: skip
 MAX_LINES = 450
 
@@ -56,7 +60,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 def test_the_rules_see_every_package() -> None:
     packages = {module_name(p).split(".")[1] for p in SOURCES if "." in module_name(p)}
-    assert {"utils", "models", "data", "metrics", "strategies", "engine"} <= packages
+    assert {"utils", "models", "data", "metrics", "strategies", "engine", "deploy"} <= packages
     # the reader finds imports in function bodies too (a lazy import is still a dependency)
     assert "clod.engine.run" in imported(PACKAGE / "train.py")
 

@@ -29,6 +29,10 @@ def _atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda handle: handle.write(data))
+
+
 def write_text(path: Path, text: str) -> None:
     _atomic(path, lambda handle: handle.write(text.encode()))
 

@@ -1,0 +1,151 @@
+"""A trained detector as an ONNX graph: BN folded, fixed input size, the head's raw output.
+
+The graph takes the evaluation transform's tensor (``images``: B×3×H×W, normalised, H×W
+the model's input size; B free) and returns ``raw`` (B×N×(C+4·(reg_max+1))), the same
+tensor :class:`clod.models.head.HeadOutput` holds, so decoding and evaluation stay
+clod's and an exported model is scored by the same rules as the PyTorch one
+(docs/deployment.md §1). What a reader of the file needs to decode it (the model config,
+the task, the class names, the seen classes) travels in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from clod.models.detector import Detector
+from clod.utils.io import write_bytes
+
+OPSET = 17
+INPUT_NAME = "images"
+OUTPUT_NAME = "raw"
+METADATA_PREFIX = "clod."
+
+
+class RawOutput(nn.Module):
+    """The detector with the head's raw output as its only output (what the graph holds)."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.detector(images).raw
+
+
+def to_onnx(
+    detector: Detector, input_size: tuple[int, int], batch: int | None = None
+) -> onnx.ModelProto:
+    """The fused (BN-folded) eval-mode copy of ``detector`` as an ONNX model.
+
+    ``input_size`` is ``(width, height)`` (the config convention); the batch is dynamic,
+    or fixed to ``batch`` (then every shape in the graph is static).
+    """
+    width, height = input_size
+    model = RawOutput(detector.fused()).eval()
+    example = torch.zeros(batch or 1, 3, height, width)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.onnx"
+        with warnings.catch_warnings():
+            # the TorchScript exporter is deprecated in favour of dynamo, which needs far more
+            # time and packages for the same graph; the traced shapes here are all static.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=None
+                if batch
+                else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
+    """Store ``metadata`` (JSON values) as ``clod.<key>`` metadata properties."""
+    kept = [p for p in proto.metadata_props if not p.key.startswith(METADATA_PREFIX)]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = METADATA_PREFIX + key
+        entry.value = json.dumps(value)
+
+
+def read_metadata(custom: Mapping[str, str]) -> dict[str, Any]:
+    """The ``clod.*`` entries of a model's metadata map, decoded (see :func:`set_metadata`)."""
+    return {
+        key[len(METADATA_PREFIX) :]: json.loads(value)
+        for key, value in custom.items()
+        if key.startswith(METADATA_PREFIX)
+    }
+
+
+def compact(proto: onnx.ModelProto) -> None:
+    """Drop what running the graph does not need, and shorten every name.
+
+    Exported names spell out module paths (``detector.backbone.stage4.3.branch2.5.weight``
+    and its quantisation parameters) and, with the inferred shapes of every tensor
+    (``value_info``), took a quarter of the int8 file; a device needs none of them. All-zero
+    zero points of constant DequantizeLinear inputs (symmetric weights) are dropped, 0 being
+    the operator's default. Graph inputs and outputs keep their names.
+    """
+    graph = proto.graph
+    del graph.value_info[:]
+    constants = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if (
+            node.op_type == "DequantizeLinear"
+            and len(node.input) == 3
+            and node.input[0] in constants
+            and node.input[2] in constants
+            and not numpy_helper.to_array(constants[node.input[2]]).any()
+        ):
+            del node.input[2]
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    renamed: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        if name not in renamed:
+            renamed[name] = format(len(renamed), "x")
+        return renamed[name]
+
+    for initializer in graph.initializer:
+        initializer.name = short(initializer.name)
+        initializer.doc_string = ""
+    for index, node in enumerate(graph.node):
+        node.name = f"n{index:x}"
+        node.doc_string = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    graph.doc_string = ""
+    proto.doc_string = ""
+
+
+def save_model(proto: onnx.ModelProto, path: str | Path) -> Path:
+    """Write ``proto`` atomically (a half-written file never carries the final name)."""
+    path = Path(path)
+    write_bytes(path, proto.SerializeToString())
+    return path

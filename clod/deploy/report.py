@@ -1,0 +1,219 @@
+"""``python -m clod.export``'s work: export a run's task model, quantise it, measure the cost.
+
+One call writes ``task_<k>.onnx`` (fp32), ``task_<k>.int8.onnx`` and ``export.json`` /
+``export.md`` into the output directory (docs/deployment.md §4): file and weight bytes,
+parameters, mAP and mAP50 of PyTorch, ONNX fp32 and int8 on the same test images, the
+agreement of the fp32 graph with PyTorch, images/s of the three at each batch size measured
+in the same run, and the peak activation memory of one int8 inference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clod.data.loaders import eval_loader
+from clod.deploy.memory import peak_activation_bytes, weight_bytes
+from clod.deploy.onnx_graph import compact, save_model, set_metadata, to_onnx
+from clod.deploy.quantize import quantize_int8
+from clod.deploy.runtime import OnnxDetector
+from clod.deploy.table import markdown_table
+from clod.engine.evaluation import LoadedCheckpoint, evaluate_detector, evaluate_raw
+from clod.errors import ConfigError
+from clod.models.runtime import physical_core_count
+from clod.utils.io import write_json, write_text
+
+FORMATS = ("onnx", "int8", "all")
+# The acceptance tolerance of the fp32 graph against PyTorch (raw output, absolute).
+FP32_TOLERANCE = 1e-4
+
+
+@dataclass
+class ExportOptions:
+    format: str = "all"
+    calibration: str = "minmax"
+    calibration_images: int = 64
+    keep_float: str = "none"
+    check_images: int = 16  # test images the fp32 agreement is measured on
+    evaluate: bool = True
+    speed_batches: Sequence[int] = field(default_factory=lambda: (1, 16))
+    speed_repeats: int = 20
+    threads: int | None = None  # None: the physical cores
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"format={self.format!r}: expected one of {', '.join(FORMATS)}")
+        if self.calibration_images < 1:
+            raise ConfigError("calibration_images must be at least 1")
+
+
+def _image_batches(records: Sequence[Any], data_cfg: Mapping[str, Any], limit: int):
+    """Evaluation-transform batches of the first ``limit`` records (spread evenly)."""
+    if len(records) > limit:
+        picks = np.linspace(0, len(records) - 1, limit).round().astype(int)
+        records = [records[i] for i in picks]
+    for batch in eval_loader(records, {**data_cfg, "num_workers": 0}):
+        yield batch.images.to(torch.float32).contiguous()
+
+
+def raw_agreement(detector: torch.nn.Module, model: OnnxDetector, images: torch.Tensor) -> float:
+    """Largest absolute difference of the raw output of PyTorch (unfused) and ``model``."""
+    with torch.inference_mode():
+        reference = detector(images).raw
+    return float((model(images) - reference).abs().max())
+
+
+def _time(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def throughput(
+    runners: Mapping[str, Callable[[np.ndarray], object]],
+    images: torch.Tensor,
+    batches: Sequence[int],
+    repeats: int,
+) -> dict[str, dict[str, float]]:
+    """Median images/s of each runner at each batch size, the runners interleaved per repeat
+    so that they share the machine's drift."""
+    results: dict[str, dict[str, float]] = {name: {} for name in runners}
+    for batch in batches:
+        picks = torch.arange(batch) % images.shape[0]
+        array = images[picks].contiguous().numpy()
+        calls = {name: (lambda run=run, a=array: run(a)) for name, run in runners.items()}
+        for call in calls.values():  # warm-up: kernels chosen, buffers allocated
+            for _ in range(3):
+                call()
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(repeats):
+            for name, call in calls.items():
+                times[name].append(_time(call))
+        for name, samples in times.items():
+            results[name][str(batch)] = batch / statistics.median(samples)
+    return results
+
+
+def torch_runners(fused: torch.nn.Module) -> dict[str, Callable[[np.ndarray], object]]:
+    channels_last = _copy_channels_last(fused)
+
+    def plain(array: np.ndarray) -> object:
+        with torch.inference_mode():
+            return fused(torch.from_numpy(array)).raw
+
+    def nhwc(array: np.ndarray) -> object:
+        with torch.inference_mode():
+            images = torch.from_numpy(array).contiguous(memory_format=torch.channels_last)
+            return channels_last(images).raw
+
+    return {"pytorch_nchw": plain, "pytorch_nhwc": nhwc}
+
+
+def _copy_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+def _metrics(result: Any) -> dict[str, float]:
+    return {"map": float(result.map), "map50": float(result.map50)}
+
+
+def export_checkpoint(
+    loaded: LoadedCheckpoint, out_dir: Path, options: ExportOptions, label: str | None = None
+) -> dict[str, Any]:
+    """Export, quantise, evaluate and time one task checkpoint; write files and the report."""
+    run, detector, checkpoint, model_cfg = loaded
+    data_cfg, eval_cfg = run.cfg["data"], run.cfg["eval"]
+    width, height = (int(v) for v in data_cfg["input_size"])
+    classes = run.classes("seen")
+    threads = options.threads or physical_core_count()
+    torch.set_num_threads(threads)
+    stem = f"task_{run.task}"
+    metadata = {
+        "model": model_cfg,
+        "task": run.task,
+        "class_names": list(run.scenario.class_names),
+        "classes": classes,
+        "input_size": [width, height],
+        "strategy": (run.cfg.get("strategy") or {}).get("name"),
+        "scenario": (run.cfg.get("scenario") or {}).get("name"),
+        "checkpoint": str(checkpoint),
+    }
+    report: dict[str, Any] = {
+        "run": str(run.run_dir),
+        "label": label,
+        "task": run.task,
+        "input_size": [width, height],
+        "params": sum(p.numel() for p in detector.fused().parameters()),
+        "threads": threads,
+        "files": {},
+        "bytes": {},
+    }
+    float_proto = to_onnx(detector, (width, height))
+    report["peak_activation"] = {
+        "int8": peak_activation_bytes(float_proto, 1, 1),
+        "fp32": peak_activation_bytes(float_proto, 1, 4),
+    }
+    models: dict[str, OnnxDetector] = {}
+    protos = {"onnx_fp32": float_proto}
+    if options.format in ("int8", "all"):
+        calibration = _image_batches(run.train_records(), data_cfg, options.calibration_images)
+        int8_proto, how = quantize_int8(
+            float_proto,
+            (b.numpy() for b in calibration),
+            options.calibration,
+            options.keep_float,
+            detector.head.num_outputs,
+        )
+        report["int8"] = how
+        protos["onnx_int8"] = int8_proto
+    if options.format == "int8":
+        del protos["onnx_fp32"]
+    for name, proto in protos.items():
+        set_metadata(proto, {**metadata, "precision": name.split("_")[1]})
+        compact(proto)
+        suffix = ".onnx" if name == "onnx_fp32" else ".int8.onnx"
+        path = save_model(proto, out_dir / f"{stem}{suffix}")
+        report["files"][name] = str(path)
+        report["bytes"][name] = {"file": path.stat().st_size, **weight_bytes(proto)}
+        models[name] = OnnxDetector.load(path, threads)
+
+    check_records = run.test_records(classes)
+    check = next(_image_batches(check_records, data_cfg, options.check_images))
+    report["raw_max_abs_diff"] = {
+        name: raw_agreement(detector, model, check) for name, model in models.items()
+    }
+    if "onnx_fp32" in models and report["raw_max_abs_diff"]["onnx_fp32"] > FP32_TOLERANCE:
+        report["warning"] = (
+            f"fp32 ONNX differs from PyTorch by {report['raw_max_abs_diff']['onnx_fp32']:.2e} "
+            f"(> {FP32_TOLERANCE:g})"
+        )
+    if options.evaluate:
+        accuracy = {
+            "pytorch": _metrics(
+                evaluate_detector(detector, check_records, classes, data_cfg, eval_cfg)
+            )
+        }
+        for name, model in models.items():
+            accuracy[name] = _metrics(
+                evaluate_raw(model.head, model, check_records, classes, data_cfg, eval_cfg)
+            )
+        report["accuracy"] = accuracy
+        report["test_images"] = len(check_records)
+    if options.speed_batches:
+        runners = torch_runners(detector.fused())
+        runners.update({name: model.run for name, model in models.items()})
+        speed = throughput(runners, check, options.speed_batches, options.speed_repeats)
+        report["images_per_s"] = speed
+        report["provider"] = next(iter(models.values())).provider if models else None
+    write_json(out_dir / "export.json", report)
+    write_text(out_dir / "export.md", markdown_table([report]) + "\n")
+    return report

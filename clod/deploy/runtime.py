@@ -1,0 +1,94 @@
+"""An exported detector run by onnxruntime, as a raw-output model clod can evaluate and time.
+
+An ONNX file is data, not code: onnxruntime runs only the standard operators the graph
+names (no custom-op library is ever loaded), and the model config in the file's metadata
+may build only clod's own classes (:func:`clod.utils.checkpoints.check_targets`), so a
+shared file cannot run code when it is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from clod.deploy.onnx_graph import INPUT_NAME, read_metadata
+from clod.errors import DataError
+from clod.models.detector import build_detector
+from clod.models.head import NanoDetPlusHead
+from clod.utils.checkpoints import check_targets
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Full graph optimisation; ``threads`` intra-op threads; idle workers sleep.
+
+    onnxruntime's workers spin after each run by default. On a shared CPU that takes the
+    cores from whatever runs next (PyTorch's timed runs, interleaved with onnxruntime's in
+    the export report, ran at about half speed), as OpenMP's spinning does for PyTorch
+    (``GOMP_SPINCOUNT``, clod/models/runtime.py).
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
+@dataclass
+class OnnxDetector:
+    """An exported clod model: an onnxruntime session plus what its metadata says."""
+
+    path: Path
+    session: ort.InferenceSession
+    metadata: dict[str, Any]
+    head: NanoDetPlusHead  # built from the metadata's model config: decoding only, no weights
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None) -> OnnxDetector:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"ONNX model {path} does not exist")
+        try:
+            session = ort.InferenceSession(
+                str(path), session_options(threads), providers=[PROVIDER]
+            )
+        except Exception as error:  # onnxruntime raises its own exception types
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+            raise DataError(f"{path} is not a model onnxruntime can load: {first}") from None
+        metadata = read_metadata(session.get_modelmeta().custom_metadata_map)
+        for key in ("model", "task", "class_names", "classes", "input_size"):
+            if key not in metadata:
+                raise DataError(
+                    f"{path} was not written by clod.export: its metadata has no clod.{key}"
+                )
+        check_targets(metadata["model"], "clod.models.", path, "clod.model")
+        inputs = [i.name for i in session.get_inputs()]
+        if inputs != [INPUT_NAME]:
+            raise DataError(f"{path}: expected one input named {INPUT_NAME!r}, found {inputs}")
+        head = build_detector(metadata["model"]).head.eval()
+        return cls(path, session, metadata, head)
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        width, height = self.metadata["input_size"]
+        return int(width), int(height)
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """The raw output for a float32 N×3×H×W array."""
+        return self.session.run(None, {INPUT_NAME: images})[0]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().to(torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.run(array))
