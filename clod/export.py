@@ -1,13 +1,15 @@
 """Export a run's task model to ONNX (fp32) and int8, and measure what deploying it costs.
 
     python -m clod.export run=<run dir> [task=<k>] [format=onnx|int8|all] [out=<dir>] \
+        [postprocess=none|graph] \
         [calibration=minmax|entropy|percentile|distribution] [calibration_images=64] \
         [keep_float=none|output] [batches=1,16] [repeats=20] [threads=N] [evaluate=true] \
         [label=<name in the table>] [data.num_workers=0 ...]
 
-Writes ``<out>/task_<k>.onnx``, ``<out>/task_<k>.int8.onnx``, ``export.json`` and
-``export.md`` (``out`` defaults to ``<run dir>/export``) and prints the report as one JSON
-line. Dotted ``key=value`` pairs override the run's config, as in ``clod.evaluate``. Bad
+Writes ``<out>/task_<k>.onnx``, ``<out>/task_<k>.int8.onnx`` (the head's raw output, any
+batch), with ``postprocess=graph`` also ``task_<k>[.int8].post.onnx`` (decoding and NMS in
+the graph, one image, detections out), and ``export.json`` and ``export.md`` (``out``
+defaults to ``<run dir>/export``); prints the report as one JSON line. Dotted ``key=value`` pairs override the run's config, as in ``clod.evaluate``. Bad
 input gets ``error: ...`` on stderr and exit status 2. docs/deployment.md explains the
 export, the quantisation and every number of the report.
 """
@@ -27,6 +29,7 @@ OPTION_KEYS = (
     "run",
     "task",
     "format",
+    "postprocess",
     "out",
     "calibration",
     "calibration_images",
@@ -106,6 +109,7 @@ def run_export(argv: Sequence[str]) -> dict[str, Any]:
         raise ArgumentError(f"evaluate must be true or false, got {values['evaluate']!r}")
     options = ExportOptions(
         format=values.get("format", "all"),
+        postprocess=values.get("postprocess", "none"),
         calibration=values.get("calibration", "minmax"),
         calibration_images=_integer(values, "calibration_images", 1) or 64,
         keep_float=values.get("keep_float", "none"),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from clod.deploy.runtime import OnnxDetector
-from clod.engine.evaluation import RunTask, evaluate_raw, open_run
+from clod.engine.evaluation import RunTask, evaluate_predictions, open_run
 from clod.errors import DataError
 from clod.metrics.files import result_to_json
 
@@ -41,13 +41,19 @@ def evaluate_onnx(
     chosen = run.classes(classes)
     # the graph's input size is fixed: images are resized to what the model was exported at
     data_cfg = {**cfg["data"], "input_size": list(model.input_size)}
-    result = evaluate_raw(
-        model.head, model, run.test_records(chosen), chosen, data_cfg, cfg["eval"]
+    result = evaluate_predictions(
+        model.predictor(cfg["eval"], chosen),
+        model.head.num_classes,
+        run.test_records(chosen),
+        chosen,
+        data_cfg,
+        cfg["eval"],
     )
     output = result_to_json(result, scenario.class_names)
     output.update(
         model=str(model_path),
         precision=model.metadata.get("precision"),
+        postprocess=model.postprocess,
         task=task,
         classes=[scenario.class_names[c] for c in chosen],
         provider=model.provider,

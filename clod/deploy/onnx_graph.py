@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,14 @@ class RawOutput(nn.Module):
         return self.detector(images).raw
 
 
-def to_onnx(
-    detector: Detector, input_size: tuple[int, int], batch: int | None = None
+def export_module(
+    module: nn.Module,
+    example: torch.Tensor,
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> onnx.ModelProto:
-    """The fused (BN-folded) eval-mode copy of ``detector`` as an ONNX model.
-
-    ``input_size`` is ``(width, height)`` (the config convention); the batch is dynamic,
-    or fixed to ``batch`` (then every shape in the graph is static).
-    """
-    width, height = input_size
-    model = RawOutput(detector.fused()).eval()
-    example = torch.zeros(batch or 1, 3, height, width)
+    """``module`` traced on ``example`` as a checked ONNX model (opset :data:`OPSET`)."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model.onnx"
         with warnings.catch_warnings():
@@ -60,14 +57,12 @@ def to_onnx(
             # time and packages for the same graph; the traced shapes here are all static.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model,
+                module,
                 (example,),
                 str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=None
-                if batch
-                else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_axes={k: dict(v) for k, v in (dynamic_axes or {}).items()} or None,
                 opset_version=OPSET,
                 do_constant_folding=True,
                 dynamo=False,
@@ -75,6 +70,25 @@ def to_onnx(
         proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
     return proto
+
+
+def to_onnx(
+    detector: Detector, input_size: tuple[int, int], batch: int | None = None
+) -> onnx.ModelProto:
+    """The fused (BN-folded) eval-mode copy of ``detector`` as an ONNX model.
+
+    ``input_size`` is ``(width, height)`` (the config convention); the batch is dynamic,
+    or fixed to ``batch``.
+    """
+    width, height = input_size
+    dynamic = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    return export_module(
+        RawOutput(detector.fused()).eval(),
+        torch.zeros(batch or 1, 3, height, width),
+        [INPUT_NAME],
+        [OUTPUT_NAME],
+        dynamic,
+    )
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:

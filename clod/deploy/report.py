@@ -22,15 +22,19 @@ import torch
 from clod.data.loaders import eval_loader
 from clod.deploy.memory import peak_activation_bytes, weight_bytes
 from clod.deploy.onnx_graph import compact, save_model, set_metadata, to_onnx
+from clod.deploy.postprocess import with_postprocess
 from clod.deploy.quantize import quantize_int8
 from clod.deploy.runtime import OnnxDetector
 from clod.deploy.table import markdown_table
-from clod.engine.evaluation import LoadedCheckpoint, evaluate_detector, evaluate_raw
+from clod.engine.evaluation import LoadedCheckpoint, evaluate_detector, evaluate_predictions
 from clod.errors import ConfigError
 from clod.models.runtime import physical_core_count
 from clod.utils.io import write_json, write_text
 
 FORMATS = ("onnx", "int8", "all")
+POSTPROCESS = ("none", "graph")
+# the evaluation rules a graph with post-processing bakes in (the run's ``eval`` values)
+POSTPROCESS_DEFAULTS = {"score_thr": 0.05, "nms_iou": 0.6, "max_det": 100}
 # The acceptance tolerance of the fp32 graph against PyTorch (raw output, absolute).
 FP32_TOLERANCE = 1e-4
 
@@ -38,6 +42,7 @@ FP32_TOLERANCE = 1e-4
 @dataclass
 class ExportOptions:
     format: str = "all"
+    postprocess: str = "none"
     calibration: str = "minmax"
     calibration_images: int = 64
     keep_float: str = "none"
@@ -50,6 +55,10 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"format={self.format!r}: expected one of {', '.join(FORMATS)}")
+        if self.postprocess not in POSTPROCESS:
+            raise ConfigError(
+                f"postprocess={self.postprocess!r}: expected one of {', '.join(POSTPROCESS)}"
+            )
         if self.calibration_images < 1:
             raise ConfigError("calibration_images must be at least 1")
 
@@ -162,7 +171,6 @@ def export_checkpoint(
         "int8": peak_activation_bytes(float_proto, 1, 1),
         "fp32": peak_activation_bytes(float_proto, 1, 4),
     }
-    models: dict[str, OnnxDetector] = {}
     protos = {"onnx_fp32": float_proto}
     if options.format in ("int8", "all"):
         calibration = _image_batches(run.train_records(), data_cfg, options.calibration_images)
@@ -177,19 +185,34 @@ def export_checkpoint(
         protos["onnx_int8"] = int8_proto
     if options.format == "int8":
         del protos["onnx_fp32"]
+    models: dict[str, OnnxDetector] = {}
     for name, proto in protos.items():
-        set_metadata(proto, {**metadata, "precision": name.split("_")[1]})
+        precision = name.split("_")[1]
+        set_metadata(proto, {**metadata, "precision": precision, "postprocess": "none"})
         compact(proto)
-        suffix = ".onnx" if name == "onnx_fp32" else ".int8.onnx"
-        path = save_model(proto, out_dir / f"{stem}{suffix}")
-        report["files"][name] = str(path)
-        report["bytes"][name] = {"file": path.stat().st_size, **weight_bytes(proto)}
-        models[name] = OnnxDetector.load(path, threads)
+        files = {name: (proto, f"{stem}{'.int8' if precision == 'int8' else ''}.onnx")}
+        if options.postprocess == "graph":
+            rules = {k: eval_cfg.get(k, d) for k, d in POSTPROCESS_DEFAULTS.items()}
+            detectable = (
+                classes if eval_cfg.get("restrict_to_seen", True) else range(detector.num_classes)
+            )
+            post = with_postprocess(proto, detector.head, (width, height), detectable, **rules)
+            set_metadata(
+                post, {**metadata, "precision": precision, "postprocess": "graph", "eval": rules}
+            )
+            compact(post)
+            files[f"{name}_graph"] = (post, files[name][1].replace(".onnx", ".post.onnx"))
+        for key, (written, filename) in files.items():
+            path = save_model(written, out_dir / filename)
+            report["files"][key] = str(path)
+            report["bytes"][key] = {"file": path.stat().st_size, **weight_bytes(written)}
+            models[key] = OnnxDetector.load(path, threads)
 
+    raw_models = {k: m for k, m in models.items() if m.postprocess != "graph"}
     check_records = run.test_records(classes)
     check = next(_image_batches(check_records, data_cfg, options.check_images))
     report["raw_max_abs_diff"] = {
-        name: raw_agreement(detector, model, check) for name, model in models.items()
+        name: raw_agreement(detector, model, check) for name, model in raw_models.items()
     }
     if "onnx_fp32" in models and report["raw_max_abs_diff"]["onnx_fp32"] > FP32_TOLERANCE:
         report["warning"] = (
@@ -203,17 +226,20 @@ def export_checkpoint(
             )
         }
         for name, model in models.items():
+            predict = model.predictor(eval_cfg, classes)
             accuracy[name] = _metrics(
-                evaluate_raw(model.head, model, check_records, classes, data_cfg, eval_cfg)
+                evaluate_predictions(
+                    predict, model.head.num_classes, check_records, classes, data_cfg, eval_cfg
+                )
             )
         report["accuracy"] = accuracy
         report["test_images"] = len(check_records)
     if options.speed_batches:
         runners = torch_runners(detector.fused())
-        runners.update({name: model.run for name, model in models.items()})
+        runners.update({name: model.run for name, model in raw_models.items()})
         speed = throughput(runners, check, options.speed_batches, options.speed_repeats)
         report["images_per_s"] = speed
-        report["provider"] = next(iter(models.values())).provider if models else None
+        report["provider"] = next(iter(models.values())).provider
     write_json(out_dir / "export.json", report)
     write_text(out_dir / "export.md", markdown_table([report]) + "\n")
     return report

@@ -8,6 +8,7 @@ shared file cannot run code when it is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from clod.data.types import Batch
 from clod.deploy.onnx_graph import INPUT_NAME, read_metadata
+from clod.engine.evaluation import Predict, decode_for_evaluation
 from clod.errors import DataError
+from clod.models.boxes import to_original
 from clod.models.detector import build_detector
 from clod.models.head import NanoDetPlusHead
 from clod.utils.checkpoints import check_targets
@@ -75,6 +79,43 @@ class OnnxDetector:
             raise DataError(f"{path}: expected one input named {INPUT_NAME!r}, found {inputs}")
         head = build_detector(metadata["model"]).head.eval()
         return cls(path, session, metadata, head)
+
+    @property
+    def postprocess(self) -> str:
+        """``none``: the graph outputs ``raw``; ``graph``: it outputs detections (batch 1)."""
+        return str(self.metadata.get("postprocess", "none"))
+
+    def predictor(self, eval_cfg: Mapping[str, Any], classes: Sequence[int]) -> Predict:
+        """Detections in original-image pixels per batch, by the run's evaluation rules.
+
+        A raw-output graph is decoded by clod's head with ``eval_cfg``; a graph with its own
+        post-processing runs image by image and its boxes are mapped back to the original
+        image as clod's decoding maps them.
+        """
+        if self.postprocess != "graph":
+            mask = torch.zeros(self.head.num_classes, dtype=torch.bool)
+            mask[list(classes)] = True
+            return lambda batch: decode_for_evaluation(
+                self.head, self(batch.images), batch, eval_cfg, mask
+            )
+
+        def per_image(batch: Batch) -> list[dict[str, torch.Tensor]]:
+            images = batch.images.detach().to(torch.float32).contiguous().numpy()
+            detections = []
+            for i in range(images.shape[0]):
+                boxes, scores, labels = self.session.run(None, {INPUT_NAME: images[i : i + 1]})
+                detections.append(
+                    {
+                        "boxes": to_original(
+                            torch.from_numpy(boxes), batch.warps[i], batch.orig_sizes[i]
+                        ).float(),
+                        "scores": torch.from_numpy(scores),
+                        "labels": torch.from_numpy(labels).long(),
+                    }
+                )
+            return detections
+
+        return per_image
 
     @property
     def provider(self) -> str:

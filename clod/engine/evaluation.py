@@ -59,9 +59,33 @@ def decode_for_evaluation(
 # images (B×3×H×W, the evaluation transform's input) -> the head's raw output B×N×(C+32):
 # a PyTorch detector, or an exported model run by another runtime (clod.deploy).
 RawForward = Callable[[torch.Tensor], torch.Tensor]
+# a batch -> one dict of boxes (original-image pixels), scores and labels per image
+Predict = Callable[[Batch], list[dict[str, torch.Tensor]]]
 
 
 @torch.no_grad()
+def evaluate_predictions(
+    predict: Predict,
+    num_classes: int,
+    records: Sequence[ImageRecord],
+    classes: Sequence[int],
+    data_cfg: Mapping[str, Any],
+    eval_cfg: Mapping[str, Any],
+) -> DetectionResult:
+    """COCO and VOC metrics over ``classes`` of the detections ``predict`` makes."""
+    metric = DetectionMetric(
+        num_classes,
+        classes=classes,
+        difficult=eval_cfg.get("difficult", "gt"),
+        max_det=int(eval_cfg.get("max_det", 100)),
+    )
+    for batch in eval_loader(records, data_cfg):
+        metric.update(
+            predict(batch), record_targets([records[int(i)] for i in batch.indices]), batch.indices
+        )
+    return metric.compute()
+
+
 def evaluate_raw(
     head: NanoDetPlusHead,
     forward: RawForward,
@@ -75,22 +99,13 @@ def evaluate_raw(
     Decoding (score threshold, NMS, max detections, seen-class mask) is ``head``'s, so a
     PyTorch model and its exported copies are scored by exactly the same rules.
     """
-    num_classes = head.num_classes
-    metric = DetectionMetric(
-        num_classes,
-        classes=classes,
-        difficult=eval_cfg.get("difficult", "gt"),
-        max_det=int(eval_cfg.get("max_det", 100)),
-    )
-    mask = torch.zeros(num_classes, dtype=torch.bool)
+    mask = torch.zeros(head.num_classes, dtype=torch.bool)
     mask[list(classes)] = True
-    for batch in eval_loader(records, data_cfg):
-        raw = forward(batch.images)
-        detections = decode_for_evaluation(head, raw, batch, eval_cfg, mask)
-        metric.update(
-            detections, record_targets([records[int(i)] for i in batch.indices]), batch.indices
-        )
-    return metric.compute()
+
+    def predict(batch: Batch) -> list[dict[str, torch.Tensor]]:
+        return decode_for_evaluation(head, forward(batch.images), batch, eval_cfg, mask)
+
+    return evaluate_predictions(predict, head.num_classes, records, classes, data_cfg, eval_cfg)
 
 
 def evaluate_detector(

@@ -115,3 +115,15 @@ def warp_boxes(boxes: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     top_left = xy.amin(dim=1)
     bottom_right = xy.amax(dim=1)
     return torch.cat((top_left, bottom_right), dim=-1).to(boxes.dtype)
+
+
+def to_original(
+    boxes: torch.Tensor, warp: torch.Tensor, orig_size: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boxes in input pixels → original-image pixels through the inverse of ``warp``
+    (the original→input 3×3 matrix), clipped to ``orig_size`` (height, width) if given."""
+    boxes = warp_boxes(boxes, torch.linalg.inv(warp.to(torch.float64)))
+    if orig_size is not None:
+        orig_h, orig_w = (float(v) for v in orig_size)
+        boxes = clip_boxes(boxes, orig_h, orig_w)
+    return boxes

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from clod.models.assigner import assign, check_multi_match
-from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box, warp_boxes
+from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box, to_original
 from clod.models.layers import DWConvModule
 from clod.models.losses import (
     DFL_WEIGHT,
@@ -400,11 +400,9 @@ class NanoDetPlusHead(nn.Module):
             keep = batched_nms(cand_boxes, cand_scores, class_idx, nms_iou, max_keep=max_det)
             det_boxes = cand_boxes[keep]
             if warps is not None:
-                inverse = torch.linalg.inv(warps[image].to(torch.float64))
-                det_boxes = warp_boxes(det_boxes, inverse)
-                if orig_sizes is not None:
-                    orig_h, orig_w = (float(v) for v in orig_sizes[image])
-                    det_boxes = clip_boxes(det_boxes, orig_h, orig_w)
+                det_boxes = to_original(
+                    det_boxes, warps[image], None if orig_sizes is None else orig_sizes[image]
+                )
             results.append(
                 {
                     "boxes": det_boxes.float(),

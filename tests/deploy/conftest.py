@@ -37,11 +37,12 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pat
 
 @pytest.fixture(scope="session")
 def exported(trained_run: Path, data_dir: Path) -> tuple[Path, dict]:
-    """``python -m clod.export`` of task 0 in both formats, with the speed rows."""
+    """``python -m clod.export`` of task 0 in both formats, with and without the graph's
+    post-processing, with the speed rows."""
     out = trained_run.parent / "export"
     result = clod_command(
         data_dir, "clod.export", f"run={trained_run}", "task=0", f"out={out}",
-        "batches=1,4", "repeats=3", "calibration_images=16", "label=smoke",
+        "batches=1,4", "repeats=3", "calibration_images=16", "label=smoke", "postprocess=graph",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out, json.loads(result.stdout.strip().splitlines()[-1])

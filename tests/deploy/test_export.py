@@ -21,7 +21,12 @@ def test_export_writes_both_models_and_the_report(exported: tuple[Path, dict]) -
     out, report = exported
     assert json.loads((out / "export.json").read_text()) == report
     fp32, int8 = out / "task_0.onnx", out / "task_0.int8.onnx"
-    assert report["files"] == {"onnx_fp32": str(fp32), "onnx_int8": str(int8)}
+    assert report["files"] == {
+        "onnx_fp32": str(fp32),
+        "onnx_int8": str(int8),
+        "onnx_fp32_graph": str(out / "task_0.post.onnx"),
+        "onnx_int8_graph": str(out / "task_0.int8.post.onnx"),
+    }
     assert report["bytes"]["onnx_fp32"]["file"] == fp32.stat().st_size
     assert report["bytes"]["onnx_int8"]["file"] == int8.stat().st_size
     # int8 weights take a quarter of fp32's; scales, biases and the graph add the rest
@@ -115,3 +120,42 @@ def test_keep_float_leaves_the_output_convs_in_float(trained_run: Path) -> None:
         n for n in quantized.graph.node if n.op_type == "Conv" and n.input[1] in float_weights
     ]
     assert len(convs_on_float) == 4
+
+
+def test_the_graph_post_processing_finds_what_clod_decoding_finds(
+    exported: tuple[Path, dict], trained_run: Path
+) -> None:
+    """Same detections image by image (boxes, scores, labels, order), and the same mAP."""
+    from clod.data.loaders import eval_loader
+
+    out, report = exported
+    run, detector, _, _ = load_run_checkpoint(trained_run, 0)
+    graph = OnnxDetector.load(out / "task_0.post.onnx")
+    assert graph.postprocess == "graph"
+    assert graph.metadata["eval"] == {"score_thr": 0.05, "nms_iou": 0.6, "max_det": 100}
+    classes = run.classes("seen")
+    mask = torch.zeros(detector.num_classes, dtype=torch.bool)
+    mask[classes] = True
+    records = run.test_records(classes)
+    compared = 0
+    for batch in eval_loader(records, {**run.cfg["data"], "num_workers": 0}):
+        with torch.inference_mode():
+            expected = detector.head.decode(
+                detector(batch.images).raw, (128, 128), batch.warps, batch.orig_sizes,
+                score_thr=0.05, nms_iou=0.6, max_det=100, class_mask=mask,
+            )  # fmt: skip
+        for mine, theirs in zip(
+            graph.predictor(run.cfg["eval"], classes)(batch), expected, strict=True
+        ):
+            assert torch.equal(mine["labels"], theirs["labels"])
+            torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-5, rtol=0)
+            torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
+            compared += len(theirs["scores"])
+    assert compared > 20, "the model must detect something for the comparison to mean anything"
+    for precision in ("fp32", "int8"):
+        raw, post = (
+            report["accuracy"][f"onnx_{precision}"],
+            report["accuracy"][f"onnx_{precision}_graph"],
+        )
+        assert post["map"] == pytest.approx(raw["map"], abs=1e-6)
+        assert post["map50"] == pytest.approx(raw["map50"], abs=1e-6)
