@@ -28,7 +28,7 @@ from clod.deploy.runtime import OnnxDetector
 from clod.deploy.table import markdown_table
 from clod.engine.evaluation import LoadedCheckpoint, evaluate_detector, evaluate_predictions
 from clod.errors import ConfigError
-from clod.models.runtime import physical_core_count
+from clod.models.runtime import tune_cpu_runtime
 from clod.utils.io import write_json, write_text
 
 FORMATS = ("onnx", "int8", "all")
@@ -143,8 +143,9 @@ def export_checkpoint(
     data_cfg, eval_cfg = run.cfg["data"], run.cfg["eval"]
     width, height = (int(v) for v in data_cfg["input_size"])
     classes = run.classes("seen")
-    threads = options.threads or physical_core_count()
-    torch.set_num_threads(threads)
+    # PyTorch's baseline as clod.bench and training run it: threads = physical cores, glibc
+    # keeping freed memory (no page faults per batch; clod/models/runtime.py)
+    threads = int(tune_cpu_runtime(options.threads)["threads"])
     stem = f"task_{run.task}"
     metadata = {
         "model": model_cfg,

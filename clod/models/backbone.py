@@ -44,7 +44,11 @@ def concat_and_shuffle(first: torch.Tensor, second: torch.Tensor) -> torch.Tenso
     if _is_channels_last(first):
         interleaved = torch.stack((first.permute(0, 2, 3, 1), second.permute(0, 2, 3, 1)), dim=-1)
         return interleaved.flatten(-2).permute(0, 3, 1, 2)
-    return torch.stack((first, second), dim=2).flatten(1, 2)
+    # Python ints for the static dimensions and -1 for the batch: the same view eagerly, and an
+    # exported graph (clod.export) gets a constant shape instead of Shape/Gather/Concat ops that
+    # keep a dequantised copy of the activation alive in the int8 model.
+    channels, height, width = (int(v) for v in first.shape[1:])
+    return torch.stack((first, second), dim=2).reshape(-1, 2 * channels, height, width)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -90,7 +94,8 @@ class ShuffleUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 2:
             return concat_and_shuffle(self.branch1(x), self.branch2(x))
-        passthrough, processed = x.chunk(2, dim=1)
+        half = int(x.shape[1]) // 2  # a constant split in an exported graph, as above
+        passthrough, processed = x[:, :half], x[:, half:]
         return concat_and_shuffle(passthrough, self.branch2(processed))
 
 

@@ -178,10 +178,10 @@ class NanoDetPlusHead(nn.Module):
             tower_out = tower(feature)
             towers.append(tower_out)
             level_out = out_conv(tower_out)
-            # B×C×H×W → B×(H·W)×C, row-major priors; a free view for channels-last maps.
-            outputs.append(
-                level_out.permute(0, 2, 3, 1).reshape(level_out.shape[0], -1, level_out.shape[1])
-            )
+            # B×C×H×W → B×(H·W)×C, row-major priors; a free view for channels-last maps. Python
+            # ints and -1 for the batch: an exported graph gets a constant shape (clod.export).
+            channels, height, width = (int(v) for v in level_out.shape[1:])
+            outputs.append(level_out.permute(0, 2, 3, 1).reshape(-1, height * width, channels))
         raw = torch.cat(outputs, dim=1)
         return HeadOutput.from_raw(raw, towers, self.num_classes)
 
