@@ -20,7 +20,7 @@ RUN_DIR ?= outputs/train/$(subst $(space),_,$(subst =,-,$(EXPERIMENT)))
 
 STAMP := .make/installed
 
-.PHONY: help install train plan sweep-local sweep-slurm report sync-wandb test test-quick lint format clean
+.PHONY: help install train export plan sweep-local sweep-slurm report sync-wandb test test-quick lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,10 @@ train: $(STAMP)  ## Latent Distillation on 15p1 of the embedded benchmark, then 
 	$(PYTHON) -m clod.train $(EXPERIMENT) hydra.run.dir=$(RUN_DIR) $(ARGS)
 	$(PYTHON) -m clod.report $(RUN_DIR)
 	@echo "results: $(RUN_DIR)/results.csv, $(RUN_DIR)/summary.json; figures: $(RUN_DIR)/report/*.png"
+
+export: $(STAMP)  ## ONNX fp32 and int8 of a run's last task, scored and timed against PyTorch (RUN_DIR=..., ARGS="postprocess=graph")
+	$(PYTHON) -m clod.export run=$(RUN_DIR) $(ARGS)
+	@echo "models and report: $(RUN_DIR)/export/ (export.json, export.md)"
 
 plan: $(STAMP)  ## print the task plan of an experiment without training (ARGS="scenario=15p1")
 	$(PYTHON) -m clod.train dry_run=true $(ARGS)

@@ -90,10 +90,18 @@ def throughput(
     images: torch.Tensor,
     batches: Sequence[int],
     repeats: int,
+    rounds: int = 5,
+    pause_s: float = 0.05,
 ) -> dict[str, dict[str, float]]:
-    """Median images/s of each runner at each batch size, the runners interleaved per repeat
-    so that they share the machine's drift."""
+    """Median images/s of each runner at each batch size.
+
+    The runners take turns in ``rounds`` blocks of ``repeats / rounds`` calls, so all of
+    them see the same drift of a shared machine; before each block a pause lets the
+    previous runtime's spinning workers go idle, so that no runtime is timed while another
+    one's threads still hold the cores.
+    """
     results: dict[str, dict[str, float]] = {name: {} for name in runners}
+    per_block = max(1, -(-repeats // rounds))
     for batch in batches:
         picks = torch.arange(batch) % images.shape[0]
         array = images[picks].contiguous().numpy()
@@ -102,9 +110,10 @@ def throughput(
             for _ in range(3):
                 call()
         times: dict[str, list[float]] = {name: [] for name in runners}
-        for _ in range(repeats):
+        for _ in range(rounds):
             for name, call in calls.items():
-                times[name].append(_time(call))
+                time.sleep(pause_s)
+                times[name].extend(_time(call) for _ in range(per_block))
         for name, samples in times.items():
             results[name][str(batch)] = batch / statistics.median(samples)
     return results
@@ -237,7 +246,8 @@ def export_checkpoint(
         report["test_images"] = len(check_records)
     if options.speed_batches:
         runners = torch_runners(detector.fused())
-        runners.update({name: model.run for name, model in raw_models.items()})
+        for name, model in raw_models.items():  # sessions whose workers spin, for timing
+            runners[name] = OnnxDetector.load(model.path, threads, spin=True).run
         speed = throughput(runners, check, options.speed_batches, options.speed_repeats)
         report["images_per_s"] = speed
         report["provider"] = next(iter(models.values())).provider

@@ -29,17 +29,18 @@ from clod.utils.checkpoints import check_targets
 PROVIDER = "CPUExecutionProvider"
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """Full graph optimisation; ``threads`` intra-op threads; idle workers sleep.
+def session_options(threads: int | None, spin: bool = False) -> ort.SessionOptions:
+    """Full graph optimisation, ``threads`` intra-op threads; idle workers spin or sleep.
 
-    onnxruntime's workers spin after each run by default. On a shared CPU that takes the
-    cores from whatever runs next (PyTorch's timed runs, interleaved with onnxruntime's in
-    the export report, ran at about half speed), as OpenMP's spinning does for PyTorch
-    (``GOMP_SPINCOUNT``, clod/models/runtime.py).
+    onnxruntime's workers spin after each operator by default, which makes its many small
+    int8 operators about 1.4× faster (NanoDet-Plus-m, 192², batch 16), but takes the cores
+    from whatever runs next on a shared CPU. Evaluation lets them sleep (``spin=False``);
+    the timed runs of the export report spin, in blocks with a pause between runtimes
+    (:func:`clod.deploy.report.throughput`).
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
@@ -56,13 +57,13 @@ class OnnxDetector:
     head: NanoDetPlusHead  # built from the metadata's model config: decoding only, no weights
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> OnnxDetector:
+    def load(cls, path: str | Path, threads: int | None = None, spin: bool = False) -> OnnxDetector:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"ONNX model {path} does not exist")
         try:
             session = ort.InferenceSession(
-                str(path), session_options(threads), providers=[PROVIDER]
+                str(path), session_options(threads, spin), providers=[PROVIDER]
             )
         except Exception as error:  # onnxruntime raises its own exception types
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
