@@ -99,7 +99,7 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key = METADATA_PREFIX + key
-        entry.value = json.dumps(value)
+        entry.value = json.dumps(value, separators=(",", ":"))
 
 
 def read_metadata(custom: Mapping[str, str]) -> dict[str, Any]:
@@ -118,7 +118,8 @@ def compact(proto: onnx.ModelProto) -> None:
     and its quantisation parameters) and, with the inferred shapes of every tensor
     (``value_info``), took a quarter of the int8 file; a device needs none of them. All-zero
     zero points of constant DequantizeLinear inputs (symmetric weights) are dropped, 0 being
-    the operator's default. Graph inputs and outputs keep their names.
+    the operator's default, identical constants are stored once, and Conv attributes that
+    equal their defaults go. Graph inputs and outputs keep their names.
     """
     graph = proto.graph
     del graph.value_info[:]
@@ -132,6 +133,19 @@ def compact(proto: onnx.ModelProto) -> None:
             and not numpy_helper.to_array(constants[node.input[2]]).any()
         ):
             del node.input[2]
+    # One copy of identical constants (the quantiser gives a reshape, slice or concat the
+    # scale and zero point of its input again, under a new name).
+    first: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for initializer in graph.initializer:
+        key = (
+            initializer.data_type,
+            tuple(initializer.dims),
+            numpy_helper.to_array(initializer).tobytes(),
+        )
+        alias[initializer.name] = first.setdefault(key, initializer.name)
+    for node in graph.node:
+        node.input[:] = [alias.get(n, n) for n in node.input]
     used = {name for node in graph.node for name in node.input}
     kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
@@ -148,14 +162,30 @@ def compact(proto: onnx.ModelProto) -> None:
 
     for initializer in graph.initializer:
         initializer.name = short(initializer.name)
-        initializer.doc_string = ""
-    for index, node in enumerate(graph.node):
-        node.name = f"n{index:x}"
-        node.doc_string = ""
+        initializer.ClearField("doc_string")
+    for node in graph.node:
+        node.ClearField("name")  # optional in ONNX; a device has no use for it
+        node.ClearField("doc_string")
         node.input[:] = [short(n) for n in node.input]
         node.output[:] = [short(n) for n in node.output]
-    graph.doc_string = ""
-    proto.doc_string = ""
+        if node.op_type == "Conv":
+            _drop_default_conv_attributes(node)
+    graph.ClearField("doc_string")
+    proto.ClearField("doc_string")
+
+
+def _drop_default_conv_attributes(node: onnx.NodeProto) -> None:
+    """Attributes a Conv has by default (unit strides and dilations, one group, no padding)
+    and ``kernel_shape``, which the operator infers from its weight."""
+    kept = []
+    for attribute in node.attribute:
+        values = list(attribute.ints) if attribute.ints else [attribute.i]
+        default = {"strides": 1, "dilations": 1, "group": 1, "pads": 0}.get(attribute.name)
+        if attribute.name == "kernel_shape" or (default is not None and set(values) == {default}):
+            continue
+        kept.append(attribute)
+    del node.attribute[:]
+    node.attribute.extend(kept)
 
 
 def save_model(proto: onnx.ModelProto, path: str | Path) -> Path:
