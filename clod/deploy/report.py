@@ -90,7 +90,7 @@ def throughput(
     images: torch.Tensor,
     batches: Sequence[int],
     repeats: int,
-    rounds: int = 5,
+    rounds: int = 10,
     pause_s: float = 0.05,
 ) -> dict[str, dict[str, float]]:
     """Median images/s of each runner at each batch size.
