@@ -164,7 +164,10 @@ def export_checkpoint(
         "input_size": [width, height],
         "strategy": (run.cfg.get("strategy") or {}).get("name"),
         "scenario": (run.cfg.get("scenario") or {}).get("name"),
-        "checkpoint": str(checkpoint),
+        # relative: a shared file should not carry the exporter's directory layout
+        "checkpoint": str(checkpoint.relative_to(run.run_dir))
+        if checkpoint.is_relative_to(run.run_dir)
+        else checkpoint.name,
     }
     report: dict[str, Any] = {
         "run": str(run.run_dir),
