@@ -15,7 +15,15 @@ from typing import Any
 
 from clod.reporting.collect import STATUSES, Run, collect_runs
 from clod.reporting.plots import Drawing, all_drawings, save_png
-from clod.reporting.tables import Row, markdown_problems, markdown_results, run_rows, write_runs_csv
+from clod.reporting.seeds import group_row, seed_groups
+from clod.reporting.tables import (
+    Row,
+    markdown_problems,
+    markdown_results,
+    row_order,
+    run_rows,
+    write_runs_csv,
+)
 from clod.utils.io import write_text
 
 REPORT_DIR = "report"
@@ -34,6 +42,8 @@ class Report:
     runs: list[Run]
     rows: list[Row]
     drawings: list[Drawing]
+    # one row per setting repeated over seeds: means, ``<column>_std`` and n (clod.reporting.seeds)
+    seed_means: list[Row] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # filled by write_report
 
     @property
@@ -48,7 +58,13 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIR
     runs = collect_runs(sweep_dir, exclude=out)
-    return Report(sweep_dir, out, runs, run_rows(runs), all_drawings(runs))
+    rows = run_rows(runs)
+    groups = seed_groups(runs)
+    group_of = {run.name: group.key for group in groups for run in group.runs}
+    for row in rows:
+        row["group"] = group_of.get(row["run"])
+    means = sorted((group_row(g) for g in groups if g.n > 1), key=row_order)
+    return Report(sweep_dir, out, runs, rows, all_drawings(runs), means)
 
 
 def status_counts(rows: Sequence[Row]) -> str:
@@ -67,7 +83,7 @@ def swept_keys(runs: Sequence[Run]) -> list[str]:
 
 def results_markdown(report: Report) -> str:
     """The results tables and the unfinished runs: what the CLI prints."""
-    parts = [markdown_results(report.rows)]
+    parts = [markdown_results(report.rows, report.seed_means)]
     problems = markdown_problems(report.rows)
     if problems:
         parts.append(f"Runs that did not finish:\n\n{problems}")
@@ -87,7 +103,7 @@ def report_markdown(report: Report) -> str:
     ]
     if swept:
         lines.append(f"Varied: {shown}.")
-    lines += ["", "## Results", "", markdown_results(report.rows)]
+    lines += ["", "## Results", "", markdown_results(report.rows, report.seed_means)]
     problems = markdown_problems(report.rows)
     if problems:
         lines += ["", "## Runs that did not finish", "", problems]
@@ -102,7 +118,8 @@ def report_markdown(report: Report) -> str:
 def write_report(report: Report) -> list[Path]:
     """Write runs.csv, report.md and the PNGs; return their paths."""
     files = [report.out_dir / "runs.csv", report.out_dir / "report.md"]
-    write_runs_csv(report.rows, files[0])
+    # every run, then a line per setting repeated over seeds (status "mean", with n and std)
+    write_runs_csv([*report.rows, *report.seed_means], files[0])
     for drawing in report.drawings:
         save_png(drawing.figure, report.png(drawing))
         files.append(report.png(drawing))

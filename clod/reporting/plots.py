@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clod.reporting.collect import Run
+from clod.reporting.seeds import mean_std, per_task_mean_std, seed_groups
 from clod.reporting.tables import STRATEGY_ORDER, number, run_row
 
 # One marker and colour per strategy, the same in every figure.
@@ -50,6 +51,9 @@ class Series:
     x: list[float]
     y: list[float]
     runs: list[str]
+    # half-length of each point's error bar: the sample std over the seeds of a setting
+    # (0 where it has one run); empty when the series draws no error bars
+    yerr: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -145,25 +149,31 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
     for ax, (scenario, in_scenario) in zip(axes, scenarios.items(), strict=True):
         strategies = sorted({run.strategy for run in in_scenario}, key=_strategy_rank)
         for strategy in strategies:
-            chosen = [run for run in in_scenario if run.strategy == strategy]
-            x = [held_memory_mb(run) for run in chosen]
-            y = [_final(run, "map50") or 0.0 for run in chosen]
+            # a point per setting: the mean over the runs that differ only in their seed
+            groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
+            x = [mean_std([held_memory_mb(r) for r in g.runs])[0] for g in groups]
+            stats = [mean_std([_final(r, "map50") or 0.0 for r in g.runs]) for g in groups]
+            y = [mean for mean, _ in stats]
+            yerr = [std or 0.0 for _, std in stats]
             marker, colour = strategy_style(strategy, others)
-            ax.scatter(x, y, marker=marker, color=colour, s=70, label=strategy, alpha=0.85)
-            # Tell apart a strategy's runs; past a handful the labels only pile up (the
+            ax.errorbar(
+                x, y, yerr=yerr, fmt=marker, color=colour, markersize=8, capsize=3,
+                label=strategy, alpha=0.85,
+            )  # fmt: skip
+            # Tell apart a strategy's settings; past a handful the labels only pile up (the
             # table and the heatmap say which run is which).
-            if 1 < len(chosen) <= MAX_LABELLED_RUNS:
-                for run, px, py in zip(chosen, x, y, strict=True):
+            if 1 < len(groups) <= MAX_LABELLED_RUNS:
+                for group, px, py in zip(groups, x, y, strict=True):
                     ax.annotate(
-                        weights_label(run),
+                        weights_label(group.runs[0]),
                         (px, py),
                         xytext=(4, 3),
                         textcoords="offset points",
                         fontsize=7,
                     )
-            drawing.series.append(
-                Series(str(strategy), scenario, strategy, x, y, [r.name for r in chosen])
-            )
+            # one entry per point: its run, or its runs joined by "," for a seed group
+            names = [",".join(r.name for r in g.runs) for g in groups]
+            drawing.series.append(Series(str(strategy), scenario, strategy, x, y, names, yerr))
         ax.set(
             xlabel="memory held: float32 parameters + replay buffer (MB)",
             ylabel="final mAP50",
@@ -193,17 +203,27 @@ def plot_map_per_task(runs: Sequence[Run]) -> Drawing | None:
             key=lambda run: (_strategy_rank(run.strategy), run.name),
         )
         last_task = max(int(row["task"]) for run in chosen for row in run.rows)
-        for run in chosen:
-            x = [int(row["task"]) for row in run.rows]
-            y = [float(row["map50"]) for row in run.rows]
+        # a line per setting: the mean over the runs that differ only in their seed, with
+        # the sample std as error bars
+        for group in seed_groups(chosen):
+            run = group.runs[0]
+            x, y, stds = per_task_mean_std(group)
+            yerr = [std or 0.0 for std in stds]
             marker, colour = strategy_style(run.strategy, others)
             weights = weights_label(run)
             label = str(run.strategy) if weights == run.name else f"{run.strategy} {weights}"
+            if group.n > 1:
+                label += f" (n={group.n})"
             if len(x) == 1 and last_task > 0:
                 ax.plot([0, last_task], [y[0], y[0]], linestyle="--", color=colour, label=label)
+                if group.n > 1:
+                    ax.axhspan(y[0] - yerr[0], y[0] + yerr[0], color=colour, alpha=0.1)
+            elif group.n > 1:
+                ax.errorbar(x, y, yerr=yerr, marker=marker, color=colour, capsize=3, label=label)
             else:
                 ax.plot(x, y, marker=marker, color=colour, label=label)
-            drawing.series.append(Series(label, scenario, run.strategy, x, y, [run.name]))
+            names = [r.name for r in group.runs]
+            drawing.series.append(Series(label, scenario, run.strategy, x, y, names, yerr))
         ax.set(xlabel="after task", ylabel="mAP50 on seen classes", title=str(scenario))
         ax.set_xticks(range(last_task + 1))
         ax.set_ylim(0.0, 1.0)

@@ -33,7 +33,7 @@ COLUMNS = (
     "tasks_done", "num_tasks", "attempts",
     "map", "map50", "old_map50", "new_map50", "avg_inc_map50", "forgetting_map50",
     "params_held", "params_trainable", "params_teacher", "buffer_images", "buffer_bytes",
-    "peak_rss_mb", "train_s", "macs_conv_step", "error", "overrides", "path",
+    "peak_rss_mb", "train_s", "macs_conv_step", "n", "group", "error", "overrides", "path",
 )  # fmt: skip
 
 MEMORY_KEYS = (
@@ -144,6 +144,7 @@ RESULT_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
     ("strategy", "strategy", str),
     ("alpha", "alpha", number),
     ("beta", "beta", number),
+    ("seed", "seed", str),
     ("map50", "mAP50", _fixed(3)),
     ("map", "mAP", _fixed(3)),
     ("old_map50", "mAP50 old", _fixed(3)),
@@ -157,6 +158,7 @@ RESULT_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
     ("buffer_bytes", "buffer MB", _megabytes),
     ("peak_rss_mb", "peak RSS MB", _fixed(0)),
     ("train_s", "train time (s)", _fixed(0)),
+    ("n", "n", str),
     ("run", "run", lambda name: f"`{name}`"),
 )
 PROBLEM_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
@@ -167,7 +169,8 @@ PROBLEM_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
     ("tasks_done", "tasks done", str),
     ("error", "error", str),
 )
-OPTIONAL_COLUMNS = frozenset({"alpha", "beta"})  # shown only where some run has them
+OPTIONAL_COLUMNS = frozenset({"alpha", "beta", "n"})  # shown only where some row has them
+VARYING_COLUMNS = frozenset({"seed"})  # shown only where the rows differ in them
 
 
 def markdown_table(
@@ -176,28 +179,52 @@ def markdown_table(
     shown = [
         c
         for c in columns
-        if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows)
+        if (c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in rows))
+        and (c[0] not in VARYING_COLUMNS or len({repr(r.get(c[0])) for r in rows}) > 1)
     ]
     lines = ["| " + " | ".join(header for _, header, _ in shown) + " |"]
     lines.append("|" + "|".join("---" for _ in shown) + "|")
     for row in rows:
-        cells = (_cell(row.get(key), formatter) for key, _, formatter in shown)
+        cells = (
+            _cell(row.get(key), formatter, row.get(f"{key}_std")) for key, _, formatter in shown
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _cell(value: Any, formatter: Formatter) -> str:
+def _cell(value: Any, formatter: Formatter, std: Any = None) -> str:
     if value is None or value == "":
         return "-"
+    text = formatter(value) if std is None else f"{formatter(value)} ± {formatter(std)}"
     # A pipe would end the cell and a newline the row.
-    return formatter(value).replace("|", "\\|").replace("\n", " ")
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_results(rows: Sequence[Row]) -> str:
-    """One table of finished runs per scenario (rows already in :func:`row_order`)."""
+def markdown_results(rows: Sequence[Row], seed_means: Sequence[Row] = ()) -> str:
+    """One table of finished runs per scenario (rows already in :func:`row_order`).
+
+    With ``seed_means`` (rows of runs repeated over seeds, :mod:`clod.reporting.seeds`),
+    those settings show as mean ± std over their n runs, and every run follows in a
+    per-seed table.
+    """
     done = [row for row in rows if row["status"] == DONE]
     if not done:
         return "No run has finished yet."
+    if seed_means:
+        grouped = {row["group"] for row in seed_means}
+        single = [row for row in done if row.get("group") not in grouped]
+        means = sorted([*seed_means, *({**r, "n": 1} for r in single)], key=row_order)
+        return (
+            "Mean ± sample standard deviation over the n runs of a setting that differ only "
+            "in `seed`.\n\n"
+            + _scenario_tables(means)
+            + "\n\n### Per-seed runs\n\n"
+            + _scenario_tables(done)
+        )
+    return _scenario_tables(done)
+
+
+def _scenario_tables(done: Sequence[Row]) -> str:
     sections = []
     for scenario in dict.fromkeys(row["scenario"] for row in done):
         in_scenario = [row for row in done if row["scenario"] == scenario]

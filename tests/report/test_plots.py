@@ -33,7 +33,8 @@ def test_map_vs_memory_has_one_point_per_finished_run(sweep: Sweep) -> None:
         assert x == pytest.approx((4 * memory["params_held"] + memory["buffer_bytes"]) / 1e6)
         assert y == summary["final"]["map50"]
     assert [s.strategy for s in drawing.series] == ["lwf", "sid"]  # one marker per strategy
-    drawn = sum(len(c.get_offsets()) for ax in drawing.figure.axes for c in ax.collections)
+    # every point is drawn: the markers of each strategy's error-bar container
+    drawn = sum(len(c.lines[0].get_xdata()) for ax in drawing.figure.axes for c in ax.containers)
     assert drawn == len(sweep.finished)
 
 
