@@ -29,6 +29,7 @@ from clod.utils.io import write_text
 REPORT_DIR = "report"
 FIGURE_TITLES = {
     "map_vs_memory": "Final mAP50 against the parameters held in memory",
+    "map_vs_compute": "Final mAP50 against the training cost of the incremental tasks",
     "map_per_task": "mAP50 on the seen classes after each task",
     "alpha_beta": "Final mAP50 over the distillation weights alpha x beta",
 }

@@ -232,6 +232,67 @@ def plot_map_per_task(runs: Sequence[Run]) -> Drawing | None:
     return drawing
 
 
+def incremental_cost(run: Run) -> tuple[float, float] | None:
+    """Training seconds and conv MACs (per step × steps) of the run's incremental tasks
+    (task 1 on; task 0 is the same base model for every strategy). None for a one-task run."""
+    later = [row for row in run.rows if int(row["task"]) > 0]
+    if not later:
+        return None
+    seconds = math.fsum(float(row.get("train_time_s") or 0.0) for row in later)
+    macs = math.fsum(
+        float(row.get("macs_conv_step") or 0.0) * float(row.get("steps") or 0.0) for row in later
+    )
+    return seconds, macs
+
+
+def plot_map_vs_compute(runs: Sequence[Run]) -> Drawing | None:
+    """Final mAP50 against the training cost of the incremental tasks, a row of two panels
+    per scenario: measured training time, and conv MACs per training step × steps (what
+    the time would be on any machine). A point per setting and marker per strategy, with
+    the std over seeds as error bars. None when no multi-task run has finished."""
+    costed = [run for run in _finished(runs) if incremental_cost(run) is not None]
+    scenarios = _by_scenario(costed)
+    if not scenarios:
+        return None
+    figure = Figure(figsize=(10.0, 4.0 * len(scenarios)), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(len(scenarios), 2, squeeze=False)
+    drawing = Drawing("map_vs_compute", figure)
+    others: dict[str, tuple[str, str]] = {}
+    for axes, (scenario, in_scenario) in zip(grid, scenarios.items(), strict=True):
+        for strategy in sorted({run.strategy for run in in_scenario}, key=_strategy_rank):
+            groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
+            stats = [mean_std([_final(r, "map50") or 0.0 for r in g.runs]) for g in groups]
+            y = [mean for mean, _ in stats]
+            yerr = [std or 0.0 for _, std in stats]
+            marker, colour = strategy_style(strategy, others)
+            names = [",".join(r.name for r in g.runs) for g in groups]
+            for ax, index, scale, axis in (
+                (axes[0], 0, 1.0, "time"),
+                (axes[1], 1, 1e-12, "macs"),
+            ):
+                cost = [
+                    mean_std([incremental_cost(r)[index] * scale for r in g.runs])  # type: ignore[index]
+                    for g in groups
+                ]
+                x = [mean for mean, _ in cost]
+                xerr = [std or 0.0 for _, std in cost]
+                ax.errorbar(
+                    x, y, xerr=xerr, yerr=yerr, fmt=marker, color=colour, markersize=8,
+                    capsize=3, label=strategy, alpha=0.85,
+                )  # fmt: skip
+                drawing.series.append(
+                    Series(f"{strategy} {axis}", scenario, strategy, x, y, names, yerr)
+                )
+        axes[0].set(xlabel="training time of the incremental tasks (s)", ylabel="final mAP50")
+        axes[1].set(xlabel="conv TMACs of the incremental tasks (per step × steps)")
+        for ax in axes:
+            ax.set_title(f"mAP vs compute: {scenario}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    return drawing
+
+
 def _weight(value: object) -> float | None:
     try:
         return float(value)  # type: ignore[arg-type]
@@ -292,7 +353,12 @@ def plot_alpha_beta(runs: Sequence[Run]) -> Drawing | None:
 
 def all_drawings(runs: Sequence[Run]) -> list[Drawing]:
     """Every figure the sweep has data for."""
-    drawn = (plot_map_vs_memory(runs), plot_map_per_task(runs), plot_alpha_beta(runs))
+    drawn = (
+        plot_map_vs_memory(runs),
+        plot_map_vs_compute(runs),
+        plot_map_per_task(runs),
+        plot_alpha_beta(runs),
+    )
     return [drawing for drawing in drawn if drawing is not None]
 
 

@@ -38,5 +38,5 @@ def test_analysis_notebook_runs_on_the_sweep(sweep: Sweep, monkeypatch: pytest.M
     assert "strategy.frozen_bn must be eval or train" in text  # the failed run's traceback
     assert "best: " in text
     shown = [mime for cell in code for mime in outputs_of(cell)[1]]
-    assert shown.count("image/png") == 3  # mAP vs memory, mAP per task, alpha x beta
+    assert shown.count("image/png") == 4  # mAP vs memory, vs compute, per task, alpha x beta
     assert "text/markdown" in shown

@@ -10,6 +10,7 @@ from clod.reporting.collect import collect_runs
 from clod.reporting.plots import (
     plot_alpha_beta,
     plot_map_per_task,
+    plot_map_vs_compute,
     plot_map_vs_memory,
     save_png,
 )
@@ -79,3 +80,32 @@ def test_png_is_written_whole(sweep: Sweep, tmp_path: Path) -> None:
     save_png(drawing.figure, tmp_path / "figure.png")
     assert (tmp_path / "figure.png").read_bytes().startswith(PNG_MAGIC)
     assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]  # no temporary left behind
+
+
+def test_map_vs_compute_has_one_point_per_finished_run(sweep: Sweep) -> None:
+    """Time and MACs of the incremental tasks, read back from each run's results.csv."""
+    import csv
+
+    drawing = plot_map_vs_compute(collect_runs(sweep.root))
+    assert drawing is not None
+    for axis in ("time", "macs"):
+        points = {
+            run: (x, y)
+            for series in drawing.series
+            if series.label.endswith(axis)
+            for run, x, y in zip(series.runs, series.x, series.y, strict=True)
+        }
+        assert set(points) == set(sweep.finished)
+        for run, (x, y) in points.items():
+            with (sweep.root / run / "results.csv").open() as handle:
+                later = [row for row in csv.DictReader(handle) if int(row["task"]) > 0]
+            if axis == "time":
+                expected = sum(float(row["train_time_s"]) for row in later)
+            else:
+                expected = (
+                    sum(int(row["macs_conv_step"]) * int(row["steps"]) for row in later) / 1e12
+                )
+            assert x == pytest.approx(expected)
+            assert y == read_summary(sweep, run)["final"]["map50"]
+    for ax in drawing.figure.axes:  # every point drawn, in both panels
+        assert sum(len(c.lines[0].get_xdata()) for c in ax.containers) == len(sweep.finished)

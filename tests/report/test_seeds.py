@@ -94,7 +94,9 @@ def bar_lengths(ax) -> list[float]:
     lengths = []
     for container in ax.containers:
         for collection in container.lines[2]:
-            lengths += [abs(seg[1][1] - seg[0][1]) for seg in collection.get_segments()]
+            segments = collection.get_segments()
+            if all(seg[0][0] == seg[1][0] for seg in segments):  # vertical: the y error bars
+                lengths += [abs(seg[1][1] - seg[0][1]) for seg in segments]
     return lengths
 
 
@@ -121,3 +123,23 @@ def test_the_figures_draw_error_bars_of_the_std(seed_sweep: Path) -> None:
         assert series.yerr == pytest.approx(curves.std(axis=0, ddof=1).tolist())
     expected = sorted(2 * e for s in per_task.series for e in s.yerr)
     assert sorted(bar_lengths(per_task.figure.axes[0])) == pytest.approx(expected)
+
+
+def test_map_vs_compute_draws_the_std_over_seeds(seed_sweep: Path) -> None:
+    from clod.reporting.plots import incremental_cost
+
+    report = build_report(seed_sweep)
+    drawing = next(d for d in report.drawings if d.name == "map_vs_compute")
+    runs = {run.name: run for run in report.runs}
+    for series in drawing.series:
+        (names,) = series.runs
+        members = [runs[name] for name in names.split(",")]
+        assert len(members) == 2
+        index = 0 if series.label.endswith("time") else 1
+        scale = 1.0 if index == 0 else 1e-12
+        costs = [incremental_cost(run)[index] * scale for run in members]
+        assert series.x == pytest.approx([statistics.mean(costs)])
+        assert series.yerr == pytest.approx([statistics.stdev(finals(report, series.strategy))])
+    for ax in drawing.figure.axes:
+        expected = sorted(2 * e for s in drawing.series for e in s.yerr)[::2]
+        assert len(bar_lengths(ax)) >= len(expected)
