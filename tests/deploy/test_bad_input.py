@@ -19,6 +19,16 @@ def assert_user_error(result, *fragments: str) -> None:
         assert fragment in lines[0]
 
 
+def with_metadata(source: Path, target: Path, key: str, change) -> Path:
+    """A copy of an exported file whose ``clod.<key>`` metadata is ``change(old value)``."""
+    proto = onnx.load(source)
+    for entry in proto.metadata_props:
+        if entry.key == f"clod.{key}":
+            entry.value = json.dumps(change(json.loads(entry.value)))
+    onnx.save(proto, target)
+    return target
+
+
 def test_a_run_without_checkpoints(trained_run: Path, data_dir: Path, tmp_path: Path) -> None:
     empty = tmp_path / "run"
     empty.mkdir()
@@ -68,14 +78,10 @@ def test_a_shared_model_cannot_name_code_to_build(
 ) -> None:
     """The model config in the metadata may only build clod's classes."""
     out, _ = exported
-    proto = onnx.load(out / "task_0.onnx")
-    for entry in proto.metadata_props:
-        if entry.key == "clod.model":
-            config = json.loads(entry.value)
-            config["_target_"] = "pathlib.Path.touch"
-            entry.value = json.dumps(config)
-    crafted = tmp_path / "crafted.onnx"
-    onnx.save(proto, crafted)
+    crafted = with_metadata(
+        out / "task_0.onnx", tmp_path / "crafted.onnx", "model",
+        lambda config: {**config, "_target_": "pathlib.Path.touch"},
+    )  # fmt: skip
     result = clod_command(data_dir, "clod.evaluate", f"model={crafted}", f"run={trained_run}")
     assert_user_error(result, "pathlib.Path.touch", "refused")
 
@@ -84,11 +90,9 @@ def test_a_model_for_other_classes(
     exported: tuple[Path, dict], trained_run: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     out, _ = exported
-    proto = onnx.load(out / "task_0.onnx")
-    for entry in proto.metadata_props:
-        if entry.key == "clod.class_names":
-            entry.value = json.dumps(["cat", "dog", "cow", "sheep"])
-    other = tmp_path / "other.onnx"
-    onnx.save(proto, other)
+    other = with_metadata(
+        out / "task_0.onnx", tmp_path / "other.onnx", "class_names",
+        lambda _: ["cat", "dog", "cow", "sheep"],
+    )  # fmt: skip
     result = clod_command(data_dir, "clod.evaluate", f"model={other}", f"run={trained_run}")
     assert_user_error(result, "was exported for classes")
