@@ -45,6 +45,15 @@ def _label_range(labels: tuple[int, ...]) -> str:
     return ",".join(map(str, labels))
 
 
+def _figures(cfg: DictConfig):
+    """What draws the run's own figures as each task ends (``plots: false``: nothing)."""
+    if not cfg.get("plots", True):
+        return None
+    from clod.reporting.run_figures import draw_run_figures
+
+    return draw_run_figures
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     from clod.utils.signals import RunInterrupted
@@ -56,7 +65,7 @@ def main(cfg: DictConfig) -> None:
                 return
             from clod.engine.run import run_experiment
 
-            run_experiment(cfg)
+            run_experiment(cfg, on_task_end=_figures(cfg))
     except RunInterrupted as stop:
         # Not a failure: the run is resumable. Exit as a signal would (128 + N), which also
         # ends a multirun instead of going on with the next job.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class Run:
     tasks: list[Task]
     loggers: RunLoggers
     base_cache: BaseModelCache | None
+    on_task_end: Callable[[Path], object] | None = None
 
     @property
     def seed(self) -> int:
@@ -108,11 +109,15 @@ class TrainedTask:
     macs_conv_step: int
 
 
-def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
+def run_experiment(
+    cfg: DictConfig, on_task_end: Callable[[Path], object] | None = None
+) -> dict[str, Any] | None:
     """Run (or resume) every task of the configured scenario; return the summary.
 
     A stop signal (SIGINT, SIGTERM) ends it as ``interrupted`` in ``state.json`` and raises
     :class:`RunInterrupted`; any other error records ``failed`` with its traceback.
+    ``on_task_end(output_dir)`` runs on rank 0 after each task's results are written (the
+    entry point draws the run's figures with it); an error in it is logged, not raised.
     """
     resolved: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[assignment]
     output_dir = Path(resolved["paths"]["output_dir"])
@@ -122,7 +127,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
         return None
     with interrupt_on_stop_signals() as received:
         try:
-            summary = _run(cfg, resolved, output_dir, state)
+            summary = _run(cfg, resolved, output_dir, state, on_task_end)
         except RunInterrupted as stop:
             state.interrupt(stop.signal_name)
             raise
@@ -138,7 +143,11 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def _run(
-    cfg: DictConfig, resolved: dict[str, Any], output_dir: Path, state: RunState
+    cfg: DictConfig,
+    resolved: dict[str, Any],
+    output_dir: Path,
+    state: RunState,
+    on_task_end: Callable[[Path], object] | None = None,
 ) -> dict[str, Any]:
     check_trainer_config(resolved["trainer"])  # before any work: a typo costs nothing
     configure_threads(resolved["hardware"])
@@ -166,7 +175,7 @@ def _run(
     )
     run = Run(
         cfg, resolved, output_dir, state, ResultsBook(output_dir), detector, strategy,
-        scenario, tasks, loggers, base_cache,
+        scenario, tasks, loggers, base_cache, on_task_end,
     )  # fmt: skip
     status = "failed"
     try:
@@ -206,6 +215,11 @@ def run_tasks(run: Run) -> dict[str, Any]:
         result = evaluate_task(run, task, trained)
         run.strategy.on_task_end(trained.module, task)
         record_task(run, task, trained, result, time.perf_counter() - started)
+        if run.on_task_end is not None and is_rank_zero():
+            try:
+                run.on_task_end(run.output_dir)
+            except Exception as error:  # a figure is not worth a failed run
+                log.warning("drawing the run's figures after task %d failed: %s", task.index, error)
     return finish_run(run)
 
 

@@ -15,7 +15,8 @@ from typing import Any
 
 from clod.reporting.collect import STATUSES, Run, collect_runs
 from clod.reporting.plots import Drawing, all_drawings, save_png
-from clod.reporting.seeds import group_row, seed_groups
+from clod.reporting.run_figures import class_table, plot_class_heatmap
+from clod.reporting.seeds import SeedGroup, group_row, seed_groups
 from clod.reporting.tables import (
     Row,
     markdown_problems,
@@ -45,6 +46,8 @@ class Report:
     drawings: list[Drawing]
     # one row per setting repeated over seeds: means, ``<column>_std`` and n (clod.reporting.seeds)
     seed_means: list[Row] = field(default_factory=list)
+    # per-class AP50 after each task: one heatmap per run, and the mean of each seed group
+    class_drawings: list[Drawing] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # filled by write_report
 
     @property
@@ -65,7 +68,29 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     for row in rows:
         row["group"] = group_of.get(row["run"])
     means = sorted((group_row(g) for g in groups if g.n > 1), key=row_order)
-    return Report(sweep_dir, out, runs, rows, all_drawings(runs), means)
+    return Report(
+        sweep_dir, out, runs, rows, all_drawings(runs), means, class_drawings(runs, groups)
+    )
+
+
+def class_drawings(runs: Sequence[Run], groups: Sequence[SeedGroup]) -> list[Drawing]:
+    """The per-class heatmap of every run that finished a task, then of each seed group's
+    mean (``per_class/mean_<strategy>_<scenario>_<group>``)."""
+    drawings = []
+    for run in runs:
+        table = class_table(run.path)
+        if table is not None:
+            name = "per_class/" + ("run" if run.name == "." else run.name)
+            title = f"{run.strategy} {run.scenario} ({run.name}): AP50 per class"
+            drawings.append(plot_class_heatmap(table, title, name))
+    for group in groups:
+        tables = [t for t in (class_table(r.path) for r in group.runs) if t is not None]
+        if group.n > 1 and len(tables) == group.n:
+            first = group.runs[0]
+            title = f"{first.strategy} {first.scenario}: AP50 per class, mean of {group.n} seeds"
+            name = f"per_class/mean_{first.strategy}_{first.scenario}_{group.key}"
+            drawings.append(plot_class_heatmap(tables[0].mean(tables[1:]), title, name))
+    return drawings
 
 
 def status_counts(rows: Sequence[Row]) -> str:
@@ -113,6 +138,11 @@ def report_markdown(report: Report) -> str:
         for drawing in report.drawings:
             title = FIGURE_TITLES.get(drawing.name, drawing.name)
             lines += ["", f"{title}:", "", f"![{title}]({drawing.name}.png)"]
+    if report.class_drawings:
+        lines += ["", "## Per-class AP50 after each task", ""]
+        # the seed means first: the summary; then every run
+        ordered = sorted(report.class_drawings, key=lambda d: "/mean_" not in d.name)
+        lines += [f"- [{d.name.removeprefix('per_class/')}]({d.name}.png)" for d in ordered]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +151,7 @@ def write_report(report: Report) -> list[Path]:
     files = [report.out_dir / "runs.csv", report.out_dir / "report.md"]
     # every run, then a line per setting repeated over seeds (status "mean", with n and std)
     write_runs_csv([*report.rows, *report.seed_means], files[0])
-    for drawing in report.drawings:
+    for drawing in [*report.drawings, *report.class_drawings]:
         save_png(drawing.figure, report.png(drawing))
         files.append(report.png(drawing))
     # The Markdown last: once it is there, the figures it links to are too.

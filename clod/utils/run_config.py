@@ -12,7 +12,17 @@ from typing import Any
 
 # Top-level keys that do not change a run's results.
 NEUTRAL_KEYS = frozenset(
-    {"paths", "hardware", "logger", "hydra", "dry_run", "tags", "base_cache", "checkpoint"}
+    {
+        "paths",
+        "hardware",
+        "logger",
+        "hydra",
+        "dry_run",
+        "tags",
+        "base_cache",
+        "checkpoint",
+        "plots",
+    }
 )
 NEUTRAL_SUBKEYS = frozenset(
     {
