@@ -10,7 +10,6 @@ counted there.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -117,9 +116,3 @@ def peak_activation_bytes(
         "input_bytes": int(sum(sizes[n] for n in inputs)),
         "output_bytes": int(sum(sizes[v.name] for v in proto.graph.output)),
     }
-
-
-def summarize_sizes(sizes: Mapping[str, int]) -> str:
-    """``1,234,567 B (1.23 MB, 1.18 MiB)``-style text for a byte count mapping's total."""
-    total = int(sizes["total"])
-    return f"{total:,} B ({total / 1e6:.2f} MB, {total / 2**20:.2f} MiB)"

@@ -72,22 +72,18 @@ def export_module(
     return proto
 
 
-def to_onnx(
-    detector: Detector, input_size: tuple[int, int], batch: int | None = None
-) -> onnx.ModelProto:
+def to_onnx(detector: Detector, input_size: tuple[int, int]) -> onnx.ModelProto:
     """The fused (BN-folded) eval-mode copy of ``detector`` as an ONNX model.
 
-    ``input_size`` is ``(width, height)`` (the config convention); the batch is dynamic,
-    or fixed to ``batch``.
+    ``input_size`` is ``(width, height)`` (the config convention); the batch is dynamic.
     """
     width, height = input_size
-    dynamic = None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
     return export_module(
         RawOutput(detector.fused()).eval(),
-        torch.zeros(batch or 1, 3, height, width),
+        torch.zeros(1, 3, height, width),
         [INPUT_NAME],
         [OUTPUT_NAME],
-        dynamic,
+        {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
     )
 
 

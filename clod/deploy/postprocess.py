@@ -25,8 +25,6 @@ from clod.models.boxes import clip_boxes, distance_to_box
 from clod.models.head import NanoDetPlusHead
 from clod.models.priors import make_priors
 
-DETECTIONS = ("det_boxes", "det_scores", "det_labels")
-
 
 class DecodeToScores(nn.Module):
     """raw (1, N, C+4·(R+1)) → boxes (1, N, 4) in input pixels and scores (1, C, N)."""

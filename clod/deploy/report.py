@@ -9,6 +9,7 @@ in the same run, and the peak activation memory of one int8 inference.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -120,7 +121,7 @@ def throughput(
 
 
 def torch_runners(fused: torch.nn.Module) -> dict[str, Callable[[np.ndarray], object]]:
-    channels_last = _copy_channels_last(fused)
+    channels_last = copy.deepcopy(fused).to(memory_format=torch.channels_last)
 
     def plain(array: np.ndarray) -> object:
         with torch.inference_mode():
@@ -132,12 +133,6 @@ def torch_runners(fused: torch.nn.Module) -> dict[str, Callable[[np.ndarray], ob
             return channels_last(images).raw
 
     return {"pytorch_nchw": plain, "pytorch_nhwc": nhwc}
-
-
-def _copy_channels_last(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
 def _metrics(result: Any) -> dict[str, float]:
@@ -165,16 +160,15 @@ def export_checkpoint(
         "strategy": (run.cfg.get("strategy") or {}).get("name"),
         "scenario": (run.cfg.get("scenario") or {}).get("name"),
         # relative: a shared file should not carry the exporter's directory layout
-        "checkpoint": str(checkpoint.relative_to(run.run_dir))
-        if checkpoint.is_relative_to(run.run_dir)
-        else checkpoint.name,
+        "checkpoint": str(checkpoint.relative_to(run.run_dir)),
     }
+    fused = detector.fused()
     report: dict[str, Any] = {
         "run": str(run.run_dir),
         "label": label,
         "task": run.task,
         "input_size": [width, height],
-        "params": sum(p.numel() for p in detector.fused().parameters()),
+        "params": sum(p.numel() for p in fused.parameters()),
         "threads": threads,
         "files": {},
         "bytes": {},
@@ -248,7 +242,7 @@ def export_checkpoint(
         report["accuracy"] = accuracy
         report["test_images"] = len(check_records)
     if options.speed_batches:
-        runners = torch_runners(detector.fused())
+        runners = torch_runners(fused)
         for name, model in raw_models.items():  # sessions whose workers spin, for timing
             runners[name] = OnnxDetector.load(model.path, threads, spin=True).run
         speed = throughput(runners, check, options.speed_batches, options.speed_repeats)

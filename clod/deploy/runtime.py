@@ -19,7 +19,7 @@ import torch
 
 from clod.data.types import Batch
 from clod.deploy.onnx_graph import INPUT_NAME, read_metadata
-from clod.engine.evaluation import Predict, decode_for_evaluation
+from clod.engine.evaluation import Predict, raw_predictor
 from clod.errors import DataError
 from clod.models.boxes import to_original
 from clod.models.detector import build_detector
@@ -94,11 +94,7 @@ class OnnxDetector:
         image as clod's decoding maps them.
         """
         if self.postprocess != "graph":
-            mask = torch.zeros(self.head.num_classes, dtype=torch.bool)
-            mask[list(classes)] = True
-            return lambda batch: decode_for_evaluation(
-                self.head, self(batch.images), batch, eval_cfg, mask
-            )
+            return raw_predictor(self.head, self, eval_cfg, classes)
 
         def per_image(batch: Batch) -> list[dict[str, torch.Tensor]]:
             images = batch.images.detach().to(torch.float32).contiguous().numpy()

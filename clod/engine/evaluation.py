@@ -99,13 +99,18 @@ def evaluate_raw(
     Decoding (score threshold, NMS, max detections, seen-class mask) is ``head``'s, so a
     PyTorch model and its exported copies are scored by exactly the same rules.
     """
+    predict = raw_predictor(head, forward, eval_cfg, classes)
+    return evaluate_predictions(predict, head.num_classes, records, classes, data_cfg, eval_cfg)
+
+
+def raw_predictor(
+    head: NanoDetPlusHead, forward: RawForward, eval_cfg: Mapping[str, Any], classes: Sequence[int]
+) -> Predict:
+    """A model given by its raw ``forward``, decoded by ``head`` with the ``eval`` settings
+    and detecting only ``classes`` (when ``eval.restrict_to_seen``)."""
     mask = torch.zeros(head.num_classes, dtype=torch.bool)
     mask[list(classes)] = True
-
-    def predict(batch: Batch) -> list[dict[str, torch.Tensor]]:
-        return decode_for_evaluation(head, forward(batch.images), batch, eval_cfg, mask)
-
-    return evaluate_predictions(predict, head.num_classes, records, classes, data_cfg, eval_cfg)
+    return lambda batch: decode_for_evaluation(head, forward(batch.images), batch, eval_cfg, mask)
 
 
 def evaluate_detector(

@@ -63,7 +63,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     out = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIR
     runs = collect_runs(sweep_dir, exclude=out)
     rows = run_rows(runs)
-    groups = seed_groups(runs)
+    groups = seed_groups([run for run in runs if run.finished and run.summary is not None])
     group_of = {run.name: group.key for group in groups for run in group.runs}
     for row in rows:
         row["group"] = group_of.get(row["run"])

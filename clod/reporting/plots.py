@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clod.reporting.collect import Run
-from clod.reporting.seeds import mean_std, per_task_mean_std, seed_groups
+from clod.reporting.seeds import SeedGroup, mean_std, per_task_mean_std, seed_groups
 from clod.reporting.tables import STRATEGY_ORDER, number, run_row
 
 # One marker and colour per strategy, the same in every figure.
@@ -127,6 +127,23 @@ def _final(run: Run, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+def _final_map50(run: Run) -> float:
+    return _final(run, "map50") or 0.0
+
+
+def _group_mean(
+    groups: Sequence[SeedGroup], value: Callable[[Run], float]
+) -> tuple[list[float], list[float]]:
+    """Per group: the mean of ``value`` over its runs, and its std (0 for a single run)."""
+    stats = [mean_std([value(run) for run in group.runs]) for group in groups]
+    return [mean for mean, _ in stats], [std or 0.0 for _, std in stats]
+
+
+def _group_names(groups: Sequence[SeedGroup]) -> list[str]:
+    """One entry per point: its run, or its runs joined by "," for a seed group."""
+    return [",".join(run.name for run in group.runs) for group in groups]
+
+
 def _by_scenario(runs: Sequence[Run]) -> dict[str | None, list[Run]]:
     grouped: dict[str | None, list[Run]] = defaultdict(list)
     for run in runs:
@@ -151,10 +168,8 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
         for strategy in strategies:
             # a point per setting: the mean over the runs that differ only in their seed
             groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
-            x = [mean_std([held_memory_mb(r) for r in g.runs])[0] for g in groups]
-            stats = [mean_std([_final(r, "map50") or 0.0 for r in g.runs]) for g in groups]
-            y = [mean for mean, _ in stats]
-            yerr = [std or 0.0 for _, std in stats]
+            x, _ = _group_mean(groups, held_memory_mb)
+            y, yerr = _group_mean(groups, _final_map50)
             marker, colour = strategy_style(strategy, others)
             ax.errorbar(
                 x, y, yerr=yerr, fmt=marker, color=colour, markersize=8, capsize=3,
@@ -171,8 +186,7 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
                         textcoords="offset points",
                         fontsize=7,
                     )
-            # one entry per point: its run, or its runs joined by "," for a seed group
-            names = [",".join(r.name for r in g.runs) for g in groups]
+            names = _group_names(groups)
             drawing.series.append(Series(str(strategy), scenario, strategy, x, y, names, yerr))
         ax.set(
             xlabel="memory held: float32 parameters + replay buffer (MB)",
@@ -185,12 +199,13 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
     return drawing
 
 
-def plot_map_per_task(runs: Sequence[Run]) -> Drawing | None:
+def plot_map_per_task(runs: Sequence[Run], only_finished: bool = True) -> Drawing | None:
     """mAP50 on the seen classes after each task, as the seed's left figure: a panel per
     scenario on a shared 0-1 axis, a line per finished run in its strategy's colour and
     marker. A single-task run (joint) is the upper bound: a dashed level across the panel.
-    None when no run has finished."""
-    finished = _finished(runs)
+    ``only_finished=False`` draws the tasks a run in progress has finished (a run's own
+    figure). None when there is nothing to draw."""
+    finished = _finished(runs) if only_finished else [run for run in runs if run.rows]
     scenarios = sorted({run.scenario for run in finished}, key=str)
     if not scenarios:
         return None
@@ -262,21 +277,17 @@ def plot_map_vs_compute(runs: Sequence[Run]) -> Drawing | None:
     for axes, (scenario, in_scenario) in zip(grid, scenarios.items(), strict=True):
         for strategy in sorted({run.strategy for run in in_scenario}, key=_strategy_rank):
             groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
-            stats = [mean_std([_final(r, "map50") or 0.0 for r in g.runs]) for g in groups]
-            y = [mean for mean, _ in stats]
-            yerr = [std or 0.0 for _, std in stats]
+            y, yerr = _group_mean(groups, _final_map50)
             marker, colour = strategy_style(strategy, others)
-            names = [",".join(r.name for r in g.runs) for g in groups]
+            names = _group_names(groups)
             for ax, index, scale, axis in (
                 (axes[0], 0, 1.0, "time"),
                 (axes[1], 1, 1e-12, "macs"),
             ):
-                cost = [
-                    mean_std([incremental_cost(r)[index] * scale for r in g.runs])  # type: ignore[index]
-                    for g in groups
-                ]
-                x = [mean for mean, _ in cost]
-                xerr = [std or 0.0 for _, std in cost]
+                x, xerr = _group_mean(
+                    groups,
+                    lambda r, i=index, k=scale: incremental_cost(r)[i] * k,  # type: ignore[index]
+                )
                 ax.errorbar(
                     x, y, xerr=xerr, yerr=yerr, fmt=marker, color=colour, markersize=8,
                     capsize=3, label=strategy, alpha=0.85,

@@ -96,10 +96,8 @@ def draw_run_figures(run_dir: str | Path) -> list[Path]:
     heatmap = plot_class_heatmap(table, title)
     save_png(heatmap.figure, run_dir / PLOTS_DIR / "ap50_per_class.png")
     written.append(run_dir / PLOTS_DIR / "ap50_per_class.png")
-    if run.rows:
-        run.status, run.summary = "done", run.summary or {}  # draw what is there
-        drawing = plot_map_per_task([run])
-        if drawing is not None:
-            save_png(drawing.figure, run_dir / PLOTS_DIR / "map_per_task.png")
-            written.append(run_dir / PLOTS_DIR / "map_per_task.png")
+    drawing = plot_map_per_task([run], only_finished=False)
+    if drawing is not None:
+        save_png(drawing.figure, run_dir / PLOTS_DIR / "map_per_task.png")
+        written.append(run_dir / PLOTS_DIR / "map_per_task.png")
     return written

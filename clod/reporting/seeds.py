@@ -34,7 +34,7 @@ AGGREGATED = (
 @dataclass
 class SeedGroup:
     key: str  # a short hash of the config without the seed
-    runs: list[Run]  # finished runs, in the order given
+    runs: list[Run]  # in the order given (the report groups finished runs)
 
     @property
     def n(self) -> int:
@@ -55,12 +55,11 @@ def setting_key(run: Run) -> str:
 
 
 def seed_groups(runs: Sequence[Run]) -> list[SeedGroup]:
-    """Finished runs grouped by :func:`setting_key`, groups in the order of their first run."""
+    """``runs`` grouped by :func:`setting_key`, groups in the order of their first run."""
     groups: dict[str, SeedGroup] = {}
     for run in runs:
-        if run.finished and run.summary is not None:
-            key = setting_key(run)
-            groups.setdefault(key, SeedGroup(key, [])).runs.append(run)
+        key = setting_key(run)
+        groups.setdefault(key, SeedGroup(key, [])).runs.append(run)
     return list(groups.values())
 
 
