@@ -76,7 +76,10 @@ def test_evaluate_model_agrees_with_the_pytorch_evaluation(
     out, report = exported
     pytorch = evaluate(data_dir, f"run={trained_run}", "task=0")
     fp32 = evaluate(data_dir, f"model={out / 'task_0.onnx'}", f"run={trained_run}")
-    int8 = evaluate(data_dir, f"model={out / 'task_0.int8.onnx'}", f"run={trained_run}")
+    # with the default data config's 2 loader workers (the smoke run has none)
+    int8 = evaluate(
+        data_dir, f"model={out / 'task_0.int8.onnx'}", f"run={trained_run}", "data.num_workers=2"
+    )
     assert pytorch["map50"] > 0.15, (
         "the model must detect something for the comparison to mean anything"
     )
@@ -91,16 +94,21 @@ def test_evaluate_model_agrees_with_the_pytorch_evaluation(
     assert report["accuracy"]["onnx_int8"]["map50"] == pytest.approx(int8["map50"], abs=1e-9)
 
 
-def test_the_graph_matches_pytorch_at_other_batch_sizes(trained_run: Path) -> None:
+@pytest.mark.parametrize("size", [(128, 128), (192, 192), (224, 160)])
+def test_the_graph_matches_pytorch_at_other_batch_sizes(
+    trained_run: Path, size: tuple[int, int]
+) -> None:
+    """The run's size, the embedded benchmark's default 192², and a non-square input."""
     import onnxruntime as ort
 
     _, detector, _, _ = load_run_checkpoint(trained_run, 0)
-    proto = to_onnx(detector, (128, 128))
+    width, height = size
+    proto = to_onnx(detector, size)
     # every shape but the batch is a constant: no Shape op keeps a dequantised copy of an
     # activation alive in the int8 model
     assert not [n for n in proto.graph.node if n.op_type == "Shape"]
     session = ort.InferenceSession(proto.SerializeToString())
-    images = torch.randn(5, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    images = torch.randn(5, 3, height, width, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = detector(images).raw.numpy()
     (raw,) = session.run(None, {"images": images.numpy()})
