@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -54,18 +55,33 @@ def _figures(cfg: DictConfig):
     return draw_run_figures
 
 
+def objective(cfg: DictConfig) -> float:
+    """The run's ``objective`` (conf/train.yaml), read back from its summary.json: also what
+    a finished trial gives when a search is rerun, without training it again."""
+    from clod.metrics.objective import objective_value
+    from clod.utils.io import read_json
+
+    return objective_value(read_json(Path(cfg.paths.output_dir) / "summary.json"), cfg.objective)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Train (or resume) the configured run; return its objective, which a Hydra sweeper
+    such as Optuna's (``hparams_search=distill_optuna``) maximises."""
     from clod.utils.signals import RunInterrupted
 
     try:
         with user_errors():
             if cfg.dry_run:
                 print_plan(cfg)
-                return
-            from clod.engine.run import run_experiment
+                return None
+            from clod.engine.run import is_rank_zero, run_experiment
+            from clod.metrics.objective import check_objective
 
+            check_objective(cfg.objective)  # before any work: a typo costs nothing
             run_experiment(cfg, on_task_end=_figures(cfg))
+            # DDP's other ranks return nothing: rank 0 writes (and reads) the summary
+            return objective(cfg) if is_rank_zero() else None
     except RunInterrupted as stop:
         # Not a failure: the run is resumable. Exit as a signal would (128 + N), which also
         # ends a multirun instead of going on with the next job.

@@ -15,17 +15,8 @@ from typing import Any
 from clod.data.tasks import Task
 from clod.metrics.continual import summarize_continual
 from clod.metrics.detection import DetectionResult
-from clod.metrics.grouping import mean_over_classes
+from clod.metrics.grouping import METRICS, mean_over_classes
 from clod.utils.io import read_json, write_csv, write_json
-
-# Headline metric -> the per-class array it averages.
-METRICS: dict[str, str] = {
-    "map": "ap",
-    "map50": "ap50",
-    "map75": "ap75",
-    "map50_voc07": "ap50_voc07",
-    "map50_voc": "ap50_voc",
-}
 
 
 def peak_memory_mb() -> float:

@@ -12,6 +12,16 @@ import numpy as np
 
 NO_VALUE = -1.0
 
+# Headline metric (summary.json's "final", "final_old", "final_new") -> the per-class array
+# it averages.
+METRICS: dict[str, str] = {
+    "map": "ap",
+    "map50": "ap50",
+    "map75": "ap75",
+    "map50_voc07": "ap50_voc07",
+    "map50_voc": "ap50_voc",
+}
+
 
 def mean_over_classes(per_class: Sequence[float] | np.ndarray, classes: Iterable[int]) -> float:
     """Mean of ``per_class[c]`` over the classes ``c`` that have a value (≥ 0); −1 if none has."""

@@ -16,6 +16,7 @@ from typing import Any
 from clod.reporting.collect import STATUSES, Run, collect_runs
 from clod.reporting.plots import Drawing, all_drawings, save_png
 from clod.reporting.run_figures import class_table, plot_class_heatmap
+from clod.reporting.search import Search, plot_search, read_search, search_markdown
 from clod.reporting.seeds import SeedGroup, group_row, seed_groups
 from clod.reporting.tables import (
     Row,
@@ -33,6 +34,7 @@ FIGURE_TITLES = {
     "map_vs_compute": "Final mAP50 against the training cost of the incremental tasks",
     "map_per_task": "mAP50 on the seen classes after each task",
     "alpha_beta": "Final mAP50 over the distillation weights alpha x beta",
+    "search": "The Optuna search: objective per trial, and the trials in the weight space",
 }
 MAX_SWEPT_KEYS_SHOWN = 12
 
@@ -48,6 +50,7 @@ class Report:
     seed_means: list[Row] = field(default_factory=list)
     # per-class AP50 after each task: one heatmap per run, and the mean of each seed group
     class_drawings: list[Drawing] = field(default_factory=list)
+    search: Search | None = None  # an Optuna search's trials (clod.reporting.search)
     files: list[Path] = field(default_factory=list)  # filled by write_report
 
     @property
@@ -68,9 +71,13 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     for row in rows:
         row["group"] = group_of.get(row["run"])
     means = sorted((group_row(g) for g in groups if g.n > 1), key=row_order)
-    return Report(
-        sweep_dir, out, runs, rows, all_drawings(runs), means, class_drawings(runs, groups)
-    )
+    drawings = all_drawings(runs)
+    search = read_search(sweep_dir, runs)
+    if search is not None:
+        # sampled weights do not form a grid: the search figure shows them instead
+        drawings = [d for d in drawings if d.name != "alpha_beta"]
+        drawings += [d for d in (plot_search(search),) if d is not None]
+    return Report(sweep_dir, out, runs, rows, drawings, means, class_drawings(runs, groups), search)
 
 
 def class_drawings(runs: Sequence[Run], groups: Sequence[SeedGroup]) -> list[Drawing]:
@@ -130,6 +137,8 @@ def report_markdown(report: Report) -> str:
     if swept:
         lines.append(f"Varied: {shown}.")
     lines += ["", "## Results", "", markdown_results(report.rows, report.seed_means)]
+    if report.search is not None:
+        lines += ["", "## Hyperparameter search", "", search_markdown(report.search)]
     problems = markdown_problems(report.rows)
     if problems:
         lines += ["", "## Runs that did not finish", "", problems]

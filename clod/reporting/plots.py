@@ -98,7 +98,7 @@ def _strategy_rank(strategy: str | None) -> tuple[int, str]:
     return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
 
 
-def _panels(count: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
+def panels(count: int, width: float = 5.0, height: float = 4.0) -> tuple[Figure, list[Axes]]:
     columns = min(count, 3)
     rows = math.ceil(count / columns)
     figure = Figure(figsize=(width * columns, height * rows), layout="constrained")
@@ -160,7 +160,7 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
     scenarios = _by_scenario(plotted)
     if not scenarios:
         return None
-    figure, axes = _panels(len(scenarios))
+    figure, axes = panels(len(scenarios))
     drawing = Drawing("map_vs_memory", figure)
     others: dict[str, tuple[str, str]] = {}
     for ax, (scenario, in_scenario) in zip(axes, scenarios.items(), strict=True):
@@ -209,7 +209,7 @@ def plot_map_per_task(runs: Sequence[Run], only_finished: bool = True) -> Drawin
     scenarios = sorted({run.scenario for run in finished}, key=str)
     if not scenarios:
         return None
-    figure, axes = _panels(len(scenarios), width=5.5, height=4.0)
+    figure, axes = panels(len(scenarios), width=5.5, height=4.0)
     drawing = Drawing("map_per_task", figure)
     others: dict[str, tuple[str, str]] = {}
     for ax, scenario in zip(axes, scenarios, strict=True):
@@ -342,7 +342,7 @@ def plot_alpha_beta(runs: Sequence[Run]) -> Drawing | None:
     grids = alpha_beta_grids(runs)
     if not grids:
         return None
-    figure, axes = _panels(len(grids), width=4.5, height=4.0)
+    figure, axes = panels(len(grids), width=4.5, height=4.0)
     drawing = Drawing("alpha_beta", figure, grids=grids)
     for ax, grid in zip(axes, grids, strict=True):
         data = [[math.nan if v is None else v for v in row] for row in grid.values]

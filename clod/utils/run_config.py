@@ -22,6 +22,7 @@ NEUTRAL_KEYS = frozenset(
         "base_cache",
         "checkpoint",
         "plots",
+        "objective",  # what a search maximises, read from the results
     }
 )
 NEUTRAL_SUBKEYS = frozenset(
