@@ -3,7 +3,7 @@
 ``<metric>`` (e.g. ``map50``) is the final value over every seen class, which the old
 classes dominate; ``old_new_<metric>`` is the mean of the final old-class and new-class
 values, so that a method which stops learning the new classes cannot win by keeping the
-old ones (docs/protocol.md, "Hyperparameter search").
+old ones (docs/protocol.md §8).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clod.reporting.class_summary import class_drawings, plot_final_per_class
 from clod.reporting.collect import STATUSES, Run, collect_runs
 from clod.reporting.plots import Drawing, all_drawings, save_png
-from clod.reporting.run_figures import class_table, plot_class_heatmap
 from clod.reporting.search import Search, plot_search, read_search, search_markdown
-from clod.reporting.seeds import SeedGroup, group_row, seed_groups
+from clod.reporting.seeds import group_row, seed_groups
 from clod.reporting.tables import (
     Row,
     markdown_problems,
@@ -71,7 +71,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     for row in rows:
         row["group"] = group_of.get(row["run"])
     means = sorted((group_row(g) for g in groups if g.n > 1), key=row_order)
-    drawings = all_drawings(runs)
+    drawings = all_drawings(runs) + plot_final_per_class(groups)
     search = read_search(sweep_dir, runs)
     if search is not None:
         # sampled weights do not form a grid: the search figure shows them instead
@@ -80,24 +80,11 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     return Report(sweep_dir, out, runs, rows, drawings, means, class_drawings(runs, groups), search)
 
 
-def class_drawings(runs: Sequence[Run], groups: Sequence[SeedGroup]) -> list[Drawing]:
-    """The per-class heatmap of every run that finished a task, then of each seed group's
-    mean (``per_class/mean_<strategy>_<scenario>_<group>``)."""
-    drawings = []
-    for run in runs:
-        table = class_table(run.path)
-        if table is not None:
-            name = "per_class/" + ("run" if run.name == "." else run.name)
-            title = f"{run.strategy} {run.scenario} ({run.name}): AP50 per class"
-            drawings.append(plot_class_heatmap(table, title, name))
-    for group in groups:
-        tables = [t for t in (class_table(r.path) for r in group.runs) if t is not None]
-        if group.n > 1 and len(tables) == group.n:
-            first = group.runs[0]
-            title = f"{first.strategy} {first.scenario}: AP50 per class, mean of {group.n} seeds"
-            name = f"per_class/mean_{first.strategy}_{first.scenario}_{group.key}"
-            drawings.append(plot_class_heatmap(tables[0].mean(tables[1:]), title, name))
-    return drawings
+def figure_title(name: str) -> str:
+    scenario = name.removeprefix("per_class_final_")
+    if scenario != name:
+        return f"AP50 per class after the last task of {scenario}, per strategy (mean over seeds)"
+    return FIGURE_TITLES.get(name, name)
 
 
 def status_counts(rows: Sequence[Row]) -> str:
@@ -145,7 +132,7 @@ def report_markdown(report: Report) -> str:
     if report.drawings:
         lines += ["", "## Figures"]
         for drawing in report.drawings:
-            title = FIGURE_TITLES.get(drawing.name, drawing.name)
+            title = figure_title(drawing.name)
             lines += ["", f"{title}:", "", f"![{title}]({drawing.name}.png)"]
     if report.class_drawings:
         lines += ["", "## Per-class AP50 after each task", ""]

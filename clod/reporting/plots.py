@@ -93,7 +93,7 @@ def weights_label(run: Run) -> str:
     return " ".join(parts) or run.name
 
 
-def _strategy_rank(strategy: str | None) -> tuple[int, str]:
+def strategy_rank(strategy: str | None) -> tuple[int, str]:
     name = strategy or ""
     return (STRATEGY_ORDER.index(name) if name in STRATEGY_ORDER else len(STRATEGY_ORDER), name)
 
@@ -164,7 +164,7 @@ def plot_map_vs_memory(runs: Sequence[Run]) -> Drawing | None:
     drawing = Drawing("map_vs_memory", figure)
     others: dict[str, tuple[str, str]] = {}
     for ax, (scenario, in_scenario) in zip(axes, scenarios.items(), strict=True):
-        strategies = sorted({run.strategy for run in in_scenario}, key=_strategy_rank)
+        strategies = sorted({run.strategy for run in in_scenario}, key=strategy_rank)
         for strategy in strategies:
             # a point per setting: the mean over the runs that differ only in their seed
             groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
@@ -215,7 +215,7 @@ def plot_map_per_task(runs: Sequence[Run], only_finished: bool = True) -> Drawin
     for ax, scenario in zip(axes, scenarios, strict=True):
         chosen = sorted(
             (run for run in finished if run.scenario == scenario),
-            key=lambda run: (_strategy_rank(run.strategy), run.name),
+            key=lambda run: (strategy_rank(run.strategy), run.name),
         )
         last_task = max(int(row["task"]) for run in chosen for row in run.rows)
         # a line per setting: the mean over the runs that differ only in their seed, with
@@ -275,7 +275,7 @@ def plot_map_vs_compute(runs: Sequence[Run]) -> Drawing | None:
     drawing = Drawing("map_vs_compute", figure)
     others: dict[str, tuple[str, str]] = {}
     for axes, (scenario, in_scenario) in zip(grid, scenarios.items(), strict=True):
-        for strategy in sorted({run.strategy for run in in_scenario}, key=_strategy_rank):
+        for strategy in sorted({run.strategy for run in in_scenario}, key=strategy_rank):
             groups = seed_groups([run for run in in_scenario if run.strategy == strategy])
             y, yerr = _group_mean(groups, _final_map50)
             marker, colour = strategy_style(strategy, others)
@@ -322,7 +322,7 @@ def alpha_beta_grids(runs: Sequence[Run]) -> list[Grid]:
             cells[(run.scenario, run.strategy)][(alpha, beta)].append(_final(run, "map50") or 0.0)
     grids = []
     for (scenario, strategy), values in sorted(
-        cells.items(), key=lambda i: (str(i[0][0]), _strategy_rank(i[0][1]))
+        cells.items(), key=lambda i: (str(i[0][0]), strategy_rank(i[0][1]))
     ):
         alphas = sorted({a for a, _ in values})
         betas = sorted({b for _, b in values})

@@ -85,3 +85,33 @@ def test_a_training_run_draws_its_own_figures_as_tasks_end(tmp_path: Path) -> No
     result = run_train(quiet, data_dir, "plots=false")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (quiet / "summary.json").exists() and not (quiet / "plots").exists()
+
+
+def test_the_scenario_summary_is_each_setting_s_final_ap50_per_class(
+    seed_sweep: Path,  # noqa: F811
+) -> None:
+    """``per_class_final_2p1``: a row per strategy (n=2 seeds), a column per class, the
+    mean over seeds of the AP50 recorded after the last task."""
+    report = build_report(seed_sweep)
+    drawing = next(d for d in report.drawings if d.name == "per_class_final_2p1")
+    ax = drawing.figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["naive (n=2)", "lwf (n=2)"]
+    expected = []
+    for runs in (("0", "1"), ("2", "3")):  # the sweep's order: naive seeds 1, 2; lwf 1, 2
+        strategies = {report.runs[int(name)].strategy for name in runs}
+        assert strategies == {"naive" if runs[0] == "0" else "lwf"}
+        finals = [recorded_ap50(seed_sweep / name) for name in runs]
+        last = max(t for _, t in finals[0])
+        expected.append(
+            [
+                np.mean([f[(c, last)] for f in finals])
+                for c in sorted(c for c, t in finals[0] if t == last)
+            ]
+        )
+    np.testing.assert_allclose(np.ma.filled(ax.images[0].get_array(), np.nan), expected)
+    # the line between task 0's classes (2 of them) and the classes added later
+    assert [line.get_xdata()[0] for line in ax.lines] == [1.5]
+    write_report(report)
+    markdown = (seed_sweep / "report" / "report.md").read_text()
+    assert "AP50 per class after the last task of 2p1" in markdown
+    assert (seed_sweep / "report" / "per_class_final_2p1.png").read_bytes().startswith(PNG_MAGIC)

@@ -38,5 +38,6 @@ def test_analysis_notebook_runs_on_the_sweep(sweep: Sweep, monkeypatch: pytest.M
     assert "strategy.frozen_bn must be eval or train" in text  # the failed run's traceback
     assert "best: " in text
     shown = [mime for cell in code for mime in outputs_of(cell)[1]]
-    assert shown.count("image/png") == 4  # mAP vs memory, vs compute, per task, alpha x beta
+    # mAP vs memory, vs compute, per task, alpha x beta, per class after the last task
+    assert shown.count("image/png") == 5
     assert "text/markdown" in shown
