@@ -29,7 +29,7 @@ from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.engine import quiet  # noqa: F401  (Lightning's expected warnings, silenced once)
 from clod.engine.evaluation import decode_for_evaluation, record_targets
-from clod.engine.schedule import WarmupCosine, warmup_steps
+from clod.engine.schedule import lr_factor
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
 from clod.models.head import HeadOutput, NanoDetPlusHead
@@ -199,20 +199,8 @@ class CLODModule(pl.LightningModule):
             # (the fused step unscales them itself); the unfused step computes the same update.
             options["fused"] = False
         optimizer = instantiate(cfg["optimizer"], _convert_="all", **options)(params)
-        total_steps = int(trainer.estimated_stepping_batches)
-        epochs = max(1, int(trainer.max_epochs or 1))
-        steps_per_epoch = max(1, total_steps // epochs)
-        warmup_cfg = cfg.get("warmup") or {}
-        cosine_cfg = cfg.get("cosine") or {}
-        lr0 = float(cfg["optimizer"]["lr"])
-        factor = WarmupCosine(
-            steps_per_epoch=steps_per_epoch,
-            warmup=warmup_steps(
-                int(warmup_cfg.get("steps", 0)), total_steps, warmup_cfg.get("max_fraction")
-            ),
-            warmup_ratio=float(warmup_cfg.get("ratio", 1.0)),
-            t_max=float(cosine_cfg.get("t_max") or epochs),
-            eta_min_ratio=float(cosine_cfg.get("eta_min", 0.0)) / lr0,
+        factor = lr_factor(
+            cfg, int(trainer.estimated_stepping_batches), int(trainer.max_epochs or 1)
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {

@@ -142,6 +142,20 @@ def run_experiment(
     return summary
 
 
+# The neck joins the stride-8, 16 and 32 maps by 2x up-sampling: each side must divide by 32.
+INPUT_MULTIPLE = 32
+
+
+def check_input_size(size: Any) -> None:
+    """A clear error for an input size the detector cannot join across levels."""
+    bad = [int(side) for side in size if int(side) % INPUT_MULTIPLE]
+    if bad:
+        raise ConfigError(
+            f"data.input_size={list(size)}: each side must be a multiple of {INPUT_MULTIPLE} "
+            f"(the neck joins the stride-{INPUT_MULTIPLE} map to finer ones), {bad} is not"
+        )
+
+
 def _run(
     cfg: DictConfig,
     resolved: dict[str, Any],
@@ -158,6 +172,7 @@ def _run(
         # oneDNN's convolutions are markedly faster in NHWC on CPU (clod.bench); the
         # backbone keeps the layout through its channel shuffles.
         detector = detector.to(memory_format=torch.channels_last)
+    check_input_size(resolved["data"]["input_size"])
     if detector.num_classes != scenario.num_classes:
         raise ConfigError(
             f"model.num_classes={detector.num_classes} but the data has {scenario.num_classes} classes"
