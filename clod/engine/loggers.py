@@ -148,6 +148,7 @@ class RunLoggers:
             "mem/peak_rss_mb": memory.get("peak_rss_mb"),
             "cost/macs_conv_step": cost.get("macs_conv_step"),
             "time/train_s": summary.get("time", {}).get("train_s"),
+            **upper_bound_keys(summary.get("upper_bound")),
         }
         run = logger.experiment
         for key, value in keys.items():
@@ -166,3 +167,14 @@ class RunLoggers:
             # Without finish() the next job in the same process (a sweep under submitit's
             # local executor, a test) would reuse this run.
             wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def upper_bound_keys(gaps: Mapping[str, Any] | None) -> dict[str, float]:
+    """``final/omega_map``, ``final/rel_gap_map50``, ... when the run has an upper bound."""
+    if not gaps:
+        return {}
+    return {
+        f"final/{name}_{metric}": gaps[metric][name]
+        for metric in ("map", "map50")
+        for name in ("omega", "abs_gap", "rel_gap", "upper_bound")
+    }

@@ -16,6 +16,7 @@ from clod.data.tasks import Task
 from clod.metrics.continual import summarize_continual
 from clod.metrics.detection import DetectionResult
 from clod.metrics.grouping import METRICS, mean_over_classes
+from clod.metrics.upper_bound import UpperBound, check_classes, gap_metrics, read_upper_bound
 from clod.utils.io import read_json, write_csv, write_json
 
 
@@ -50,12 +51,24 @@ def task_row(
     return row
 
 
-class ResultsBook:
-    """The files of one run's results under ``output_dir``."""
+def upper_bound_of(eval_cfg: Mapping[str, Any], class_names: Sequence[str]) -> UpperBound | None:
+    """The joint run ``eval.upper_bound`` names, checked against the run's classes; None
+    when it names none."""
+    if not eval_cfg.get("upper_bound"):
+        return None
+    bound = read_upper_bound(eval_cfg["upper_bound"])
+    check_classes(bound, class_names)
+    return bound
 
-    def __init__(self, output_dir: Path) -> None:
+
+class ResultsBook:
+    """The files of one run's results under ``output_dir``; with an upper bound (a joint
+    run), the summary also holds Ω, AbsGap and RelGap against it."""
+
+    def __init__(self, output_dir: Path, upper_bound: UpperBound | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.task_dir = self.output_dir / "results"
+        self.upper_bound = upper_bound
 
     def task_file(self, index: int) -> Path:
         return self.task_dir / f"task_{index}.json"
@@ -117,6 +130,8 @@ class ResultsBook:
         }
         summary["continual"] = continual
         summary["rows"] = rows
+        if self.upper_bound is not None and "class_names" in summary:
+            summary["upper_bound"] = gap_metrics(summary, self.upper_bound)
         return summary
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:

@@ -41,7 +41,7 @@ from clod.engine.base_cache import BaseModelCache, CachedBase
 from clod.engine.cost import training_step_conv_macs
 from clod.engine.loggers import RunLoggers
 from clod.engine.module import CLODModule
-from clod.engine.results import ResultsBook, peak_memory_mb, task_row
+from clod.engine.results import ResultsBook, peak_memory_mb, task_row, upper_bound_of
 from clod.engine.state import RunState
 from clod.engine.trainer import (
     check_trainer_config,
@@ -188,8 +188,10 @@ def _run(
     base_cache = BaseModelCache.for_run(
         resolved, strategy, tasks[0], task_epochs(resolved, tasks[0])
     )
+    # the joint run to compare with, read and checked before any training
+    book = ResultsBook(output_dir, upper_bound_of(resolved["eval"], scenario.class_names))
     run = Run(
-        cfg, resolved, output_dir, state, ResultsBook(output_dir), detector, strategy,
+        cfg, resolved, output_dir, state, book, detector, strategy,
         scenario, tasks, loggers, base_cache, on_task_end,
     )  # fmt: skip
     status = "failed"
@@ -409,9 +411,11 @@ def finish_run(run: Run) -> dict[str, Any]:
     run.book.write_summary(summary)
     run.loggers.log_summary(summary)
     print(final_table(summary))
+    gaps = summary.get("upper_bound")
+    against = f", Ω {gaps['map']['omega']:.3f}, RelGap {gaps['map']['rel_gap']:.3f}" if gaps else ""
     print(
-        f"final map {summary['final']['map']:.3f}, map50 {summary['final']['map50']:.3f}; "
-        f"results in {run.output_dir}"
+        f"final map {summary['final']['map']:.3f}, map50 {summary['final']['map50']:.3f}"
+        f"{against}; results in {run.output_dir}"
     )
     return summary
 

@@ -26,6 +26,7 @@ from clod.reporting.tables import (
     run_rows,
     write_runs_csv,
 )
+from clod.reporting.upper_bounds import attach_upper_bounds
 from clod.utils.io import write_text
 
 REPORT_DIR = "report"
@@ -37,6 +38,12 @@ FIGURE_TITLES = {
     "search": "The Optuna search: objective per trial, and the trials in the weight space",
 }
 MAX_SWEPT_KEYS_SHOWN = 12
+OMEGA_NOTE = (
+    "Ω and RelGap compare a run with the joint run of the same data, model and seed (the "
+    "`upper_bound` column of runs.csv names it): Ω = (1/T)(1 + Σ_{t≥1} x_t / x_UB,t) with "
+    "x_UB,t the joint model's value on the classes seen after step t, RelGap = (x_UB − "
+    "final) / x_UB (docs/protocol.md §5)."
+)
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Report:
     # per-class AP50 after each task: one heatmap per run, and the mean of each seed group
     class_drawings: list[Drawing] = field(default_factory=list)
     search: Search | None = None  # an Optuna search's trials (clod.reporting.search)
+    notes: list[str] = field(default_factory=list)  # what could not be computed, one line each
     files: list[Path] = field(default_factory=list)  # filled by write_report
 
     @property
@@ -65,6 +73,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
     sweep_dir = Path(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / REPORT_DIR
     runs = collect_runs(sweep_dir, exclude=out)
+    gap_problems = attach_upper_bounds(runs)  # Ω and the gaps against each run's joint run
     rows = run_rows(runs)
     groups = seed_groups([run for run in runs if run.finished and run.summary is not None])
     group_of = {run.name: group.key for group in groups for run in group.runs}
@@ -77,7 +86,10 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Re
         # sampled weights do not form a grid: the search figure shows them instead
         drawings = [d for d in drawings if d.name != "alpha_beta"]
         drawings += [d for d in (plot_search(search),) if d is not None]
-    return Report(sweep_dir, out, runs, rows, drawings, means, class_drawings(runs, groups), search)
+    return Report(
+        sweep_dir, out, runs, rows, drawings, means, class_drawings(runs, groups), search,
+        gap_problems,
+    )  # fmt: skip
 
 
 def figure_title(name: str) -> str:
@@ -124,6 +136,10 @@ def report_markdown(report: Report) -> str:
     if swept:
         lines.append(f"Varied: {shown}.")
     lines += ["", "## Results", "", markdown_results(report.rows, report.seed_means)]
+    if any(row.get("omega_map") is not None for row in report.rows):
+        lines += ["", OMEGA_NOTE]
+    if report.notes:
+        lines += ["", "Not computed:", "", *(f"- {note}" for note in report.notes)]
     if report.search is not None:
         lines += ["", "## Hyperparameter search", "", search_markdown(report.search)]
     problems = markdown_problems(report.rows)

@@ -26,6 +26,11 @@ AGGREGATED = (
     "new_map50",
     "avg_inc_map50",
     "forgetting_map50",
+    "omega_map",
+    "omega_map50",
+    "abs_gap_map",
+    "rel_gap_map",
+    "rel_gap_map50",
     "train_s",
     "peak_rss_mb",
 )

@@ -32,6 +32,7 @@ COLUMNS = (
     "run", "status", "strategy", "scenario", "data", "seed", "alpha", "beta",
     "tasks_done", "num_tasks", "attempts",
     "map", "map50", "old_map50", "new_map50", "avg_inc_map50", "forgetting_map50",
+    "omega_map", "omega_map50", "abs_gap_map", "rel_gap_map", "rel_gap_map50", "upper_bound",
     "params_held", "params_trainable", "params_teacher", "buffer_images", "buffer_bytes",
     "peak_rss_mb", "train_s", "macs_conv_step", "n", "group", "error", "overrides", "path",
 )  # fmt: skip
@@ -80,8 +81,23 @@ def run_row(run: Run) -> Row:
             train_s=summary.get("time", {}).get("train_s"),
             macs_conv_step=summary.get("cost", {}).get("macs_conv_step"),
             **{key: memory.get(key) for key in MEMORY_KEYS},
+            **gap_columns(summary.get("upper_bound")),
         )
     return row
+
+
+def gap_columns(gaps: Mapping[str, Any] | None) -> Row:
+    """Ω, AbsGap and RelGap against the run's upper bound (the joint run it names)."""
+    if not gaps:
+        return {}
+    return {
+        "omega_map": gaps["map"]["omega"],
+        "omega_map50": gaps["map50"]["omega"],
+        "abs_gap_map": gaps["map"]["abs_gap"],
+        "rel_gap_map": gaps["map"]["rel_gap"],
+        "rel_gap_map50": gaps["map50"]["rel_gap"],
+        "upper_bound": gaps.get("run"),
+    }
 
 
 def run_rows(runs: Sequence[Run]) -> list[Row]:
@@ -151,6 +167,9 @@ RESULT_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
     ("new_map50", "mAP50 new", _fixed(3)),
     ("avg_inc_map50", "avg inc mAP50", _fixed(3)),
     ("forgetting_map50", "forgetting mAP50", _fixed(3)),
+    ("omega_map", "Ω mAP", _fixed(3)),
+    ("rel_gap_map", "RelGap mAP", _fixed(3)),
+    ("omega_map50", "Ω mAP50", _fixed(3)),
     ("params_held", "params held", _thousands),
     ("params_trainable", "trainable", _thousands),
     ("params_teacher", "teacher", _thousands),
@@ -169,7 +188,9 @@ PROBLEM_COLUMNS: tuple[tuple[str, str, Formatter], ...] = (
     ("tasks_done", "tasks done", str),
     ("error", "error", str),
 )
-OPTIONAL_COLUMNS = frozenset({"alpha", "beta", "n"})  # shown only where some row has them
+OPTIONAL_COLUMNS = frozenset(
+    {"alpha", "beta", "n", "omega_map", "rel_gap_map", "omega_map50"}
+)  # shown only where some row has them
 VARYING_COLUMNS = frozenset({"seed"})  # shown only where the rows differ in them
 
 
