@@ -3,7 +3,7 @@
 Detection files (from clod or any other tool) against COCO-format ground truth::
 
     python -m clod.evaluate gt=<coco_annotations.json> dets=<coco_results.json> \
-        [difficult=gt|ignore] [max_det=100] [legacy_voc=false]
+        [difficult=gt|ignore] [max_det=100] [legacy_voc=false] [coco_backend=faster|pycocotools]
 
 A run's task checkpoint on its test set (the run directory's ``config.yaml`` says
 which data and scenario; extra ``key.sub=value`` pairs override it)::
@@ -31,8 +31,11 @@ from collections.abc import Sequence
 from clod.errors import EXIT_USER_ERROR
 from clod.metrics.files import EvaluationInputError, evaluate_coco_files
 
-USAGE = "usage: python -m clod.evaluate gt=<gt.json> dets=<dets.json> [difficult=gt|ignore] [max_det=100] [legacy_voc=false]"
-KNOWN_KEYS = ("gt", "dets", "difficult", "max_det", "legacy_voc")
+USAGE = (
+    "usage: python -m clod.evaluate gt=<gt.json> dets=<dets.json> [difficult=gt|ignore] "
+    "[max_det=100] [legacy_voc=false] [coco_backend=faster|pycocotools]"
+)
+KNOWN_KEYS = ("gt", "dets", "difficult", "max_det", "legacy_voc", "coco_backend")
 
 
 class ArgumentError(ValueError):
@@ -69,6 +72,10 @@ def parse_arguments(argv: Sequence[str]) -> dict[str, object]:
     if legacy not in ("true", "false", "1", "0"):
         raise ArgumentError(f"legacy_voc must be true or false, got {values['legacy_voc']!r}")
     options["legacy_voc"] = legacy in ("true", "1")
+    backend = values.get("coco_backend", "faster")
+    if backend not in ("faster", "pycocotools"):
+        raise ArgumentError(f"coco_backend must be faster or pycocotools, got {backend!r}")
+    options["coco_backend"] = backend
     return options
 
 

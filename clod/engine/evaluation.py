@@ -78,6 +78,7 @@ def evaluate_predictions(
         classes=classes,
         difficult=eval_cfg.get("difficult", "gt"),
         max_det=int(eval_cfg.get("max_det", 100)),
+        coco_backend=eval_cfg.get("coco_backend", "faster"),
     )
     for batch in eval_loader(records, data_cfg):
         metric.update(

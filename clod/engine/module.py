@@ -82,6 +82,7 @@ class CLODModule(pl.LightningModule):
             classes=task.seen,
             difficult=self.eval_cfg.get("difficult", "gt"),
             max_det=int(self.eval_cfg.get("max_det", 100)),
+            coco_backend=self.eval_cfg.get("coco_backend", "faster"),
         )
         seen = torch.zeros(num_classes, dtype=torch.bool)
         seen[list(task.seen)] = True

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Literal
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -93,12 +93,51 @@ class _DifficultAwareCOCOeval(COCOeval):
                     annotation["ignore"] = 1
 
 
+# The COCOeval implementation: faster-coco-eval (C++ matching and accumulation, the same
+# numbers) by default; pycocotools, the reference, as an option (eval.coco_backend).
+CocoBackend = Literal["faster", "pycocotools"]
+COCO_BACKENDS: Final = ("faster", "pycocotools")
+
+
+def check_coco_backend(backend: str) -> CocoBackend:
+    if backend not in COCO_BACKENDS:
+        raise ValueError(f"coco backend must be one of {', '.join(COCO_BACKENDS)}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
 def _coco_from_dataset(dataset: dict) -> COCO:
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
         coco.createIndex()
     return coco
+
+
+def _evaluator(backend: CocoBackend, gt: dict, dt: dict, ignore_difficult: bool) -> Any:
+    """A bbox COCOeval of ``backend`` over the two in-memory datasets."""
+    if backend == "pycocotools":
+        return _DifficultAwareCOCOeval(
+            _coco_from_dataset(gt), _coco_from_dataset(dt), ignore_difficult
+        )
+    check_coco_backend(backend)
+    from faster_coco_eval import COCO as FasterCOCO
+    from faster_coco_eval.core.faster_eval_api import COCOeval_faster
+
+    class DifficultAware(COCOeval_faster):
+        """As ``_DifficultAwareCOCOeval``: the evaluation reads the prepared annotation
+        dicts themselves, so ``ignore`` is set on them after ``_prepare``."""
+
+        def _prepare(self) -> None:
+            super()._prepare()
+            if ignore_difficult:
+                for annotation in self.cocoGt.anns.values():
+                    if annotation.get("difficult", False):
+                        annotation["ignore"] = 1
+
+    quiet = lambda *args, **kwargs: None  # noqa: E731  (it logs progress at INFO)
+    coco_gt = FasterCOCO(gt, print_function=quiet)
+    coco_dt = FasterCOCO(dt, print_function=quiet)
+    return DifficultAware(coco_gt, coco_dt, iouType="bbox", print_function=quiet)
 
 
 def _per_class_ap(precision: np.ndarray, iou_index: slice | int) -> np.ndarray:
@@ -166,8 +205,10 @@ def evaluate_coco(
     num_classes: int,
     difficult: DifficultPolicy = "gt",
     max_det: int = 100,
+    backend: CocoBackend = "faster",
 ) -> CocoResult:
-    """Run COCOeval (bbox) on the evaluated images and classes.
+    """Run COCOeval (bbox) on the evaluated images and classes, with ``backend``'s
+    implementation (faster-coco-eval or pycocotools: the same numbers).
 
     ``image_ids`` is the set of evaluated images; detections and GT on other images are dropped.
     Images without GT still count: their detections are false positives.
@@ -221,14 +262,12 @@ def evaluate_coco(
         }
         for row in range(len(detections))
     ]
-    coco_gt = _coco_from_dataset(
-        {"images": coco_images, "categories": categories, "annotations": gt_annotations}
+    evaluator = _evaluator(
+        backend,
+        {"images": coco_images, "categories": categories, "annotations": gt_annotations},
+        {"images": coco_images, "categories": categories, "annotations": dt_annotations},
+        ignore_difficult=difficult == "ignore",
     )
-    coco_dt = _coco_from_dataset(
-        {"images": coco_images, "categories": categories, "annotations": dt_annotations}
-    )
-
-    evaluator = _DifficultAwareCOCOeval(coco_gt, coco_dt, ignore_difficult=difficult == "ignore")
     evaluator.params.catIds = [int(c) for c in evaluated]
     # COCOeval sorts maxDets and caps each image and class at the last entry; keep max_det last
     # even when it is below 10.

@@ -17,7 +17,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from clod.metrics.coco import evaluate_coco
+from clod.metrics.coco import CocoBackend, check_coco_backend, evaluate_coco
 from clod.metrics.grouping import group_means, mean_over_classes
 from clod.metrics.records import (
     Detections,
@@ -124,6 +124,7 @@ def evaluate_detections(
     difficult: DifficultPolicy = "gt",
     max_det: int = 100,
     legacy_voc: bool = False,
+    coco_backend: CocoBackend = "faster",
 ) -> DetectionResult:
     """Evaluate detections against ground truth with COCO and VOC metrics.
 
@@ -138,6 +139,8 @@ def evaluate_detections(
         difficult: ``gt`` or ``ignore`` (see ``records.DifficultPolicy``).
         max_det: COCO's largest maxDets (per image and class).
         legacy_voc: VOC matching with IoU > 0.5 and +1-pixel widths.
+        coco_backend: COCOeval's implementation, ``faster`` (faster-coco-eval) or
+            ``pycocotools``: the same numbers (``clod.metrics.coco``).
     """
     check_difficult_policy(difficult)
     if num_classes < 1:
@@ -155,7 +158,7 @@ def evaluate_detections(
     ground_truth = ground_truth.select(np.isin(ground_truth.image, images))
 
     coco = evaluate_coco(
-        detections, ground_truth, images, evaluated, num_classes, difficult, max_det
+        detections, ground_truth, images, evaluated, num_classes, difficult, max_det, coco_backend
     )
     voc = evaluate_voc(detections, ground_truth, evaluated, num_classes, difficult, legacy_voc)
     return DetectionResult(
@@ -214,6 +217,7 @@ class DetectionMetric(Metric):
         difficult: DifficultPolicy = "gt",
         max_det: int = 100,
         legacy_voc: bool = False,
+        coco_backend: CocoBackend = "faster",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -223,6 +227,7 @@ class DetectionMetric(Metric):
         self.difficult = check_difficult_policy(difficult)
         self.max_det = int(max_det)
         self.legacy_voc = bool(legacy_voc)
+        self.coco_backend = check_coco_backend(coco_backend)
         self.classes: tuple[int, ...] | None = None
         self.set_classes(classes)
         for name in _STATE_NAMES:
@@ -399,6 +404,7 @@ class DetectionMetric(Metric):
             difficult=self.difficult,
             max_det=self.max_det,
             legacy_voc=self.legacy_voc,
+            coco_backend=self.coco_backend,
         )
 
 

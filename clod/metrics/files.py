@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from clod.errors import DataError
+from clod.metrics.coco import CocoBackend
 from clod.metrics.detection import SCALAR_NAMES, DetectionResult, evaluate_detections
 from clod.metrics.records import (
     Detections,
@@ -237,6 +238,7 @@ def evaluate_coco_files(
     difficult: DifficultPolicy = "gt",
     max_det: int = 100,
     legacy_voc: bool = False,
+    coco_backend: CocoBackend = "faster",
 ) -> dict[str, Any]:
     """Evaluate a COCO result file against a COCO annotation file on every category and image.
 
@@ -258,6 +260,7 @@ def evaluate_coco_files(
         difficult=difficult,
         max_det=max_det,
         legacy_voc=legacy_voc,
+        coco_backend=coco_backend,
     )
     keys = _unique_keys(ground_truth.category_names, ground_truth.category_ids)
     output = result_to_json(result, keys, ground_truth.category_ids)

@@ -28,7 +28,8 @@ NEUTRAL_KEYS = frozenset(
 NEUTRAL_SUBKEYS = frozenset(
     {
         "data.num_workers",  # the order and augmentations do not depend on the workers
-        "eval.upper_bound",  # what the results are compared with, not the results
+        "eval.upper_bound",
+        "eval.coco_backend",  # two implementations of the same numbers  # what the results are compared with, not the results
         # the Trainer's copies of the hardware keys (conf/trainer/default.yaml)
         "trainer.accelerator",
         "trainer.devices",

@@ -178,3 +178,45 @@ def test_max_det_caps_detections_per_image_and_class():
     assert capped.map50 == pytest.approx(0.0) and capped.map == pytest.approx(0.0)
     assert uncapped.map50 == pytest.approx(0.25)
     assert capped.map50_voc == pytest.approx(0.25) and uncapped.map50_voc == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    ("seed", "difficult", "max_det", "subset"),
+    [
+        (10, "gt", 100, False),
+        (11, "ignore", 100, False),
+        (12, "ignore", 5, True),
+        (13, "gt", 3, True),
+    ],
+)
+def test_faster_coco_eval_and_pycocotools_give_the_same_numbers(seed, difficult, max_det, subset):
+    """The default backend (faster-coco-eval) against pycocotools on random cases of 200
+    images with crowd and difficult boxes: every summary number and per-class AP to 1e-6."""
+    from clod.metrics.coco import STATS_NAMES, evaluate_coco
+
+    case = make_random_case(seed, num_images=200)
+    classes = [case.class_of(c) for c in case.category_ids]
+    if subset:
+        classes = classes[::2]
+    inputs = (case.detections(), case.ground_truth(), case.image_ids, classes, case.num_classes)
+    results = {
+        backend: evaluate_coco(*inputs, difficult, max_det, backend)
+        for backend in ("faster", "pycocotools")
+    }
+    faster, reference = results["faster"], results["pycocotools"]
+    assert reference.stats["map"] > 0.05  # a case with something to find
+    for name in STATS_NAMES:
+        assert faster.stats[name] == pytest.approx(reference.stats[name], abs=1e-6), name
+    for field in ("ap", "ap50", "ap75"):
+        np.testing.assert_allclose(getattr(faster, field), getattr(reference, field), atol=1e-6)
+
+
+def test_an_unknown_coco_backend_is_refused():
+    from clod.metrics.coco import evaluate_coco
+
+    case = make_random_case(0)
+    with pytest.raises(ValueError, match="coco backend must be one of faster, pycocotools"):
+        evaluate_coco(
+            case.detections(), case.ground_truth(), case.image_ids, [0], case.num_classes,
+            backend="cocoapi",  # type: ignore[arg-type]
+        )  # fmt: skip
