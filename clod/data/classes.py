@@ -22,3 +22,9 @@ COCO_CLASSES: tuple[str, ...] = (
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
+
+# COCO 2017's category ids, in the order of COCO_CLASSES: 1..90 without the ten ids the
+# dataset never used (12, 26, 29, 30, 45, 66, 68, 69, 71, 83).
+COCO_CATEGORY_IDS: tuple[int, ...] = tuple(
+    i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
+)

@@ -145,7 +145,7 @@ def generate_synthetic(
             {
                 "label": label,
                 "name": name,
-                "coco_id": coco_category_id(label),
+                "coco_id": coco_category_id(label, spec.class_names),
                 **asdict(class_appearances(spec.class_names)[name]),
             }
             for label, name in enumerate(spec.class_names)

@@ -11,6 +11,7 @@ from xml.sax.saxutils import escape
 
 import cv2
 
+from clod.data.classes import COCO_CATEGORY_IDS, COCO_CLASSES
 from clod.data.synthetic.render import SyntheticObject, render_synthetic_image
 from clod.data.synthetic.spec import GENERATOR_VERSION, SyntheticSpec
 
@@ -19,8 +20,11 @@ from clod.data.synthetic.spec import GENERATOR_VERSION, SyntheticSpec
 _CATEGORY_ID_GAP_EVERY = 3
 
 
-def coco_category_id(label: int) -> int:
-    """The COCO category id written for global class index ``label`` (increasing, gapped)."""
+def coco_category_id(label: int, class_names: Sequence[str] = ()) -> int:
+    """The COCO category id written for global class index ``label`` (increasing, gapped):
+    COCO's own ids when the classes are COCO's 80, in COCO's order."""
+    if tuple(class_names) == COCO_CLASSES:
+        return COCO_CATEGORY_IDS[label]
     return label + 1 + label // _CATEGORY_ID_GAP_EVERY
 
 
@@ -120,7 +124,7 @@ def _coco_json(spec: SyntheticSpec, records: list[dict[str, Any]]) -> str:
                 {
                     "id": len(annotations) + 1,
                     "image_id": record["number"],
-                    "category_id": coco_category_id(label),
+                    "category_id": coco_category_id(label, spec.class_names),
                     "bbox": [x0, y0, box_width, box_height],
                     "area": round(box_width * box_height, 2),
                     "iscrowd": 0,
@@ -128,7 +132,7 @@ def _coco_json(spec: SyntheticSpec, records: list[dict[str, Any]]) -> str:
                 }
             )
     categories = [
-        {"id": coco_category_id(label), "name": name, "supercategory": "shape"}
+        {"id": coco_category_id(label, spec.class_names), "name": name, "supercategory": "shape"}
         for label, name in enumerate(spec.class_names)
     ]
     document = {
