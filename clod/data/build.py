@@ -112,6 +112,12 @@ def load_splits(data_cfg: Mapping[str, Any], data_dir: str | Path) -> tuple[Spli
     return train, test
 
 
+def is_joint(strategy_cfg: Mapping[str, Any]) -> bool:
+    """One task on every class: ``joint`` unless it is the cumulative variant (a task per
+    step, each on the classes seen so far)."""
+    return bool(strategy_cfg.get("joint", False)) and not strategy_cfg.get("cumulative", False)
+
+
 def build_experiment_tasks(cfg: Mapping[str, Any]) -> tuple[Scenario, list[Task]]:
     """Everything a run trains on: the resolved scenario and its task datasets."""
     data_cfg = cfg["data"]
@@ -123,7 +129,8 @@ def build_experiment_tasks(cfg: Mapping[str, Any]) -> tuple[Scenario, list[Task]
         scenario,
         train,
         test,
-        joint=bool(strategy_cfg.get("joint", False)),
+        joint=is_joint(strategy_cfg),
+        cumulative=bool(strategy_cfg.get("cumulative", False)),
         test_images=eval_cfg.get("test_images", "seen_images"),
         difficult_train=(data_cfg.get("difficult") or {}).get("train", "keep"),
     )

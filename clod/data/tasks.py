@@ -113,10 +113,13 @@ def build_tasks(
     test_split: Split,
     *,
     joint: bool = False,
+    cumulative: bool = False,
     test_images: TestImages = "seen_images",
     difficult_train: DifficultTrain = "keep",
 ) -> list[Task]:
-    """Build every task of ``scenario`` (or the single joint task when ``joint``)."""
+    """Build every task of ``scenario`` (or the single joint task when ``joint``); with
+    ``cumulative``, task t trains on every image and box of the classes seen so far (the
+    cumulative joint upper bound, docs/strategies.md §2)."""
     if test_images not in ("seen_images", "all_images"):
         raise ConfigError(
             f"eval.test_images must be seen_images or all_images, got {test_images!r}"
@@ -135,7 +138,7 @@ def build_tasks(
         seen = seen + new
         train = select_images(
             train_records,
-            new,
+            seen if cumulative else new,
             scenario.num_classes,
             drop_crowd=True,
             drop_difficult=difficult_train == "drop",

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from omegaconf import OmegaConf
 
-from clod.data.build import build_experiment_tasks, load_splits
+from clod.data.build import build_experiment_tasks, is_joint, load_splits
 from clod.data.loaders import eval_loader
 from clod.data.scenario import Scenario, resolve_scenario
 from clod.data.tasks import relabel, select_images
@@ -141,7 +141,7 @@ class RunTask:
         """``seen`` (after this task), ``all`` (the scenario's) or comma-separated names."""
         scenario = self.scenario
         if which == "seen":
-            joint = bool(self.cfg.get("strategy", {}).get("joint", False))
+            joint = is_joint(self.cfg.get("strategy", {}))
             return list(scenario.seen(scenario.num_tasks - 1 if joint else self.task))
         if which == "all":
             return list(range(scenario.num_classes))

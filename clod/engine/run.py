@@ -44,6 +44,7 @@ from clod.engine.module import CLODModule
 from clod.engine.results import ResultsBook, peak_memory_mb, task_row, upper_bound_of
 from clod.engine.state import RunState
 from clod.engine.trainer import (
+    check_input_size,
     check_trainer_config,
     cpu_threads_per_process,
     make_trainer,
@@ -88,6 +89,8 @@ class Run:
     loggers: RunLoggers
     base_cache: BaseModelCache | None
     on_task_end: Callable[[Path], object] | None = None
+    # the weights before any training, for a strategy that restarts every task from them
+    initial_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def seed(self) -> int:
@@ -142,20 +145,6 @@ def run_experiment(
     return summary
 
 
-# The neck joins the stride-8, 16 and 32 maps by 2x up-sampling: each side must divide by 32.
-INPUT_MULTIPLE = 32
-
-
-def check_input_size(size: Any) -> None:
-    """A clear error for an input size the detector cannot join across levels."""
-    bad = [int(side) for side in size if int(side) % INPUT_MULTIPLE]
-    if bad:
-        raise ConfigError(
-            f"data.input_size={list(size)}: each side must be a multiple of {INPUT_MULTIPLE} "
-            f"(the neck joins the stride-{INPUT_MULTIPLE} map to finer ones), {bad} is not"
-        )
-
-
 def _run(
     cfg: DictConfig,
     resolved: dict[str, Any],
@@ -193,6 +182,8 @@ def _run(
     run = Run(
         cfg, resolved, output_dir, state, book, detector, strategy,
         scenario, tasks, loggers, base_cache, on_task_end,
+        {k: v.detach().clone() for k, v in detector.state_dict().items()}
+        if strategy.from_scratch else None,
     )  # fmt: skip
     status = "failed"
     try:
@@ -253,6 +244,8 @@ def train_task(run: Run, task: Task) -> TrainedTask:
     epochs = task_epochs(run.resolved, task)
     say(banner(task, run.resolved, epochs))
     pl.seed_everything(run.seed + task.index, workers=True, verbose=False)
+    if run.initial_weights is not None:  # e.g. the cumulative joint: every task from scratch
+        run.detector.load_state_dict(run.initial_weights)
     cached = run.base_cache.load() if run.base_cache is not None and task.index == 0 else None
     if cached is not None:
         run.detector.load_state_dict(cached.weights)

@@ -53,12 +53,28 @@ def check_trainer_config(trainer_cfg: Mapping[str, Any]) -> None:
             )
 
 
+# The neck joins the stride-8, 16 and 32 maps by 2x up-sampling: each side must divide by 32.
+INPUT_MULTIPLE = 32
+
+
+def check_input_size(size: Any) -> None:
+    """A clear error for an input size the detector cannot join across levels."""
+    bad = [int(side) for side in size if int(side) % INPUT_MULTIPLE]
+    if bad:
+        raise ConfigError(
+            f"data.input_size={list(size)}: each side must be a multiple of {INPUT_MULTIPLE} "
+            f"(the neck joins the stride-{INPUT_MULTIPLE} map to finer ones), {bad} is not"
+        )
+
+
 def task_epochs(cfg: Mapping[str, Any], task: Task) -> int:
-    """Epochs of ``task``: ``trainer.epochs``, ``trainer.incremental_epochs`` after task 0,
-    or the strategy's own ``epochs`` (joint's single longer task)."""
+    """Epochs of ``task``: ``trainer.epochs``, ``trainer.incremental_epochs`` after task 0
+    (not for the cumulative joint, whose every task trains from scratch), or the strategy's
+    own ``epochs`` (joint's single longer task)."""
     trainer_cfg = cfg["trainer"]
     epochs = trainer_cfg["epochs"]
-    if task.index > 0 and trainer_cfg.get("incremental_epochs") is not None:
+    from_scratch = bool((cfg.get("strategy") or {}).get("cumulative", False))
+    if task.index > 0 and trainer_cfg.get("incremental_epochs") is not None and not from_scratch:
         epochs = trainer_cfg["incremental_epochs"]
     if (cfg.get("strategy") or {}).get("epochs") is not None:
         epochs = cfg["strategy"]["epochs"]

@@ -1,11 +1,16 @@
 """A continual run against its upper bound, a jointly trained model: Ω, AbsGap and RelGap
 (docs/protocol.md §5).
 
-The upper bound is a finished ``strategy=joint`` run on the same classes; its value on the
-classes seen after step t, x_UB,t, is the mean of its per-class AP over S_t, so one joint
-model serves every step of a multi-step scenario (for two tasks, whose last step sees every
-class, this is ILYOLOX's single all-class joint model). Ω counts the base step as 1.0, as
-ILYOLOX does: Ω = (1/T)(1 + Σ_{t≥1} x_t / x_UB,t).
+The upper bound is a finished ``strategy=joint`` run on the same classes. Its value on the
+classes seen after step t, x_UB,t, is either
+
+- for the all-class joint model (one task): the mean of its per-class AP over S_t, so one
+  model serves every step (for two tasks, whose last step sees every class, this is
+  ILYOLOX's single all-class joint model);
+- for the cumulative joint (``strategy.cumulative=true``, one model per step trained on
+  S_t): its own value after step t, which bounds only runs of the same scenario.
+
+Ω counts the base step as 1.0, as ILYOLOX does: Ω = (1/T)(1 + Σ_{t≥1} x_t / x_UB,t).
 """
 
 from __future__ import annotations
@@ -33,35 +38,59 @@ class UpperBound:
     run: str  # the joint run's directory, as given
     class_names: list[str]
     per_class: dict[str, np.ndarray]  # headline metric -> per-class values (−1: none)
+    # the cumulative joint: its value after each step, and the classes of its steps
+    per_step: dict[str, list[float]] | None = None
+    task_classes: list[list[int]] | None = None
 
     def value(self, metric: str, classes: Sequence[int]) -> float:
         return mean_over_classes(self.per_class[metric], classes)
+
+    def per_step_values(self, metric: str, task_classes: Sequence[Sequence[int]]) -> list[float]:
+        """x_UB,t for a run whose steps add ``task_classes``."""
+        if self.per_step is None:
+            return [
+                self.value(metric, seen_classes(task_classes, t)) for t in range(len(task_classes))
+            ]
+        if [sorted(g) for g in task_classes] != [sorted(g) for g in self.task_classes or []]:
+            raise ConfigError(
+                f"eval.upper_bound={self.run} is a cumulative joint run of other steps; it "
+                "bounds only runs of its own scenario"
+            )
+        return list(self.per_step[metric])
 
 
 def read_upper_bound(run_dir: str | Path) -> UpperBound:
     """The joint run in ``run_dir`` (its summary.json and results/task_0.json, plain JSON)."""
     run_dir = Path(run_dir)
-    summary_path, result_path = run_dir / "summary.json", run_dir / "results" / "task_0.json"
-    for path in (summary_path, result_path):
-        if not path.is_file():
-            raise ConfigError(
-                f"eval.upper_bound={run_dir}: {path.name} is missing (a finished "
-                "`strategy=joint` run directory is needed)"
-            )
-    try:
-        summary, record = read_json(summary_path), read_json(result_path)
-        strategy, status = summary.get("strategy"), summary.get("status")
-        result = record["result"]
-        per_class = {metric: np.asarray(result[key], float) for metric, key in METRICS.items()}
-        names = [str(name) for name in record["class_names"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as problem:
-        raise ConfigError(f"eval.upper_bound={run_dir}: unreadable results ({problem})") from None
-    if strategy != "joint" or status != "done" or int(summary.get("num_tasks", 0)) != 1:
+    summary_path = run_dir / "summary.json"
+    if not summary_path.is_file():
         raise ConfigError(
-            f"eval.upper_bound={run_dir}: {summary_path} is a {status} {strategy} run of "
-            f"{summary.get('num_tasks')} tasks, not a finished joint run"
+            f"eval.upper_bound={run_dir}: summary.json is missing (a finished "
+            "`strategy=joint` run directory is needed)"
         )
-    return UpperBound(str(run_dir), names, per_class)
+    try:
+        summary = read_json(summary_path)
+        strategy, status, tasks = (
+            summary.get("strategy"),
+            summary.get("status"),
+            summary["num_tasks"],
+        )
+        record = read_json(run_dir / "results" / f"task_{int(tasks) - 1}.json")
+        per_class = {m: np.asarray(record["result"][key], float) for m, key in METRICS.items()}
+        names = [str(name) for name in record["class_names"]]
+        cumulative = int(tasks) > 1
+        per_step = (
+            {m: [float(row[m]) for row in summary["rows"]] for m in METRICS} if cumulative else None
+        )
+        task_classes = summary["continual"]["map"]["task_classes"] if cumulative else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as problem:
+        raise ConfigError(f"eval.upper_bound={run_dir}: unreadable results ({problem})") from None
+    if strategy != "joint" or status != "done":
+        raise ConfigError(
+            f"eval.upper_bound={run_dir}: {summary_path} is a {status} {strategy} run, not a "
+            "finished joint run"
+        )
+    return UpperBound(str(run_dir), names, per_class, per_step, task_classes)
 
 
 def check_classes(bound: UpperBound, class_names: Sequence[str]) -> None:
@@ -82,7 +111,7 @@ def gap_metrics(summary: Mapping[str, Any], bound: UpperBound) -> dict[str, Any]
         continual = summary["continual"][metric]
         values = [float(v) for v in continual["map_all"]]
         groups = continual["task_classes"]
-        bounds = [bound.value(metric, seen_classes(groups, t)) for t in range(len(values))]
+        bounds = bound.per_step_values(metric, groups)[: len(values)]
         if any(b <= 0 for b in bounds):
             raise ConfigError(
                 f"eval.upper_bound={bound.run}: its {metric} on the seen classes is {bounds}; "

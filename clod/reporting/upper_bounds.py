@@ -20,19 +20,26 @@ def _model(run: Run) -> dict[str, Any]:
     return {k: v for k, v in run.config.items() if k.startswith("model.")}
 
 
+def _steps(run: Run) -> Any:
+    return (run.summary or {}).get("continual", {}).get("map", {}).get("task_classes")
+
+
 def matching_joint(run: Run, joints: Sequence[Run]) -> Run | None:
-    """The joint run that bounds ``run``: same data, model config, seed and class list."""
-    for joint in joints:
-        if (
-            joint.data == run.data
-            and joint.config.get("seed") == run.config.get("seed")
-            and _model(joint) == _model(run)
-            and joint.summary is not None
-            and run.summary is not None
-            and joint.summary.get("class_names") == run.summary.get("class_names")
-        ):
-            return joint
-    return None
+    """The joint run that bounds ``run``: same data, model config, seed and class list; a
+    cumulative joint of the same steps first, else the all-class joint (one task)."""
+    candidates = [
+        joint
+        for joint in joints
+        if joint.data == run.data
+        and joint.config.get("seed") == run.config.get("seed")
+        and _model(joint) == _model(run)
+        and joint.summary is not None
+        and run.summary is not None
+        and joint.summary.get("class_names") == run.summary.get("class_names")
+    ]
+    cumulative = [j for j in candidates if j.num_tasks != 1 and _steps(j) == _steps(run)]
+    single = [j for j in candidates if j.num_tasks == 1]
+    return (cumulative or single or [None])[0]
 
 
 def attach_upper_bounds(runs: Sequence[Run]) -> list[str]:

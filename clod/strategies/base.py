@@ -133,6 +133,8 @@ class Strategy:
 
     name: str = "naive"
     joint: bool = False
+    # Every task starts again from the initial weights (the cumulative joint upper bound).
+    from_scratch: bool = False
 
     def __init__(self, name: str | None = None, joint: bool | None = None) -> None:
         if name is not None:

@@ -71,34 +71,86 @@ def test_what_is_not_a_joint_run_is_refused(tmp_path: Path) -> None:
         gap_metrics(other, bound)
 
 
+# 3+1: two steps, so that the cumulative joint (a model per step) stays short
+STEPS = ("scenario=custom", "scenario.splits=3+1")
+
+
+@pytest.fixture(scope="module")
+def bounded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sweep of real smoke runs: the all-class joint, the cumulative joint and lwf trained
+    with ``eval.upper_bound`` naming the all-class joint. The joint models train 25 epochs,
+    enough to detect: their AP is the denominator."""
+    tmp = tmp_path_factory.mktemp("bounded")
+    data, sweep = tmp / "data", tmp / "sweep"
+    runs = {
+        "joint": ("strategy=joint", "strategy.epochs=25"),
+        "cumulative": ("strategy=joint", "strategy.cumulative=true", "strategy.epochs=25"),
+        "lwf": (
+            "strategy=lwf", f"eval.upper_bound={sweep / 'joint'}", "trainer.epochs=12",
+            "trainer.incremental_epochs=2",
+        ),
+    }  # fmt: skip
+    for name, overrides in runs.items():
+        result = run_train(sweep / name, data, *STEPS, *overrides)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (sweep / name / "stdout.txt").write_text(result.stdout)
+    return sweep
+
+
 @pytest.mark.slow
-def test_a_run_against_its_joint_run_and_the_report_pairing(tmp_path: Path) -> None:
-    data, sweep = tmp_path / "data", tmp_path / "sweep"
-    # task 0 long enough for the joint model to detect: its AP is the denominator
-    joint = run_train(sweep / "joint", data, "strategy=joint", "trainer.epochs=12")
-    assert joint.returncode == 0, joint.stderr[-3000:]
-    bounded = run_train(
-        sweep / "lwf", data, "strategy=lwf", f"eval.upper_bound={sweep / 'joint'}",
-        "trainer.epochs=12", "trainer.incremental_epochs=2",
-    )  # fmt: skip
-    assert bounded.returncode == 0, bounded.stderr[-3000:]
-    summary = read_json(sweep / "lwf" / "summary.json")
-    expected = gap_metrics(summary, read_upper_bound(sweep / "joint"))
+def test_a_run_against_its_joint_run(bounded: Path) -> None:
+    summary = read_json(bounded / "lwf" / "summary.json")
+    expected = gap_metrics(summary, read_upper_bound(bounded / "joint"))
     assert summary["upper_bound"] == expected  # the same rule on the same files
-    joint_map = read_json(sweep / "joint" / "summary.json")["final"]["map"]
+    joint_map = read_json(bounded / "joint" / "summary.json")["final"]["map"]
     assert summary["upper_bound"]["map"]["upper_bound"] == pytest.approx(joint_map)
-    assert f"Ω {expected['map']['omega']:.3f}" in bounded.stdout
-    # the same run without eval.upper_bound: the report finds the joint run by itself
-    shutil.copytree(sweep / "lwf", sweep / "lwf_plain")
-    plain = read_json(sweep / "lwf_plain" / "summary.json")
-    del plain["upper_bound"]
-    (sweep / "lwf_plain" / "summary.json").write_text(json.dumps(plain))
-    report = build_report(sweep)
+    assert f"Ω {expected['map']['omega']:.3f}" in (bounded / "lwf" / "stdout.txt").read_text()
+
+
+@pytest.mark.slow
+def test_the_cumulative_joint_bounds_each_step_of_its_own_scenario(bounded: Path) -> None:
+    """``strategy=joint strategy.cumulative=true``: a task per step, each on every image and
+    box of the classes seen so far; Ω of a run of the same steps divides by its values."""
+    from omegaconf import OmegaConf
+
+    from clod.data.build import build_experiment_tasks
+    from tests.test_config import compose_train
+
+    bound = read_json(bounded / "cumulative" / "summary.json")
+    assert bound["num_tasks"] == 2 and [row["epochs"] for row in bound["rows"]] == [25, 25]
+    cfg = compose_train(["experiment=smoke", *STEPS, f"paths.data_dir={bounded.parent / 'data'}"])
+    _, tasks = build_experiment_tasks(OmegaConf.to_container(cfg, resolve=True))
+    seen_images = [len({r.image_id for t in tasks[: k + 1] for r in t.train}) for k in range(2)]
+    assert [row["train_images"] for row in bound["rows"]] == seen_images
+    lwf = read_json(bounded / "lwf" / "summary.json")
+    gaps = gap_metrics(lwf, read_upper_bound(bounded / "cumulative"))
+    assert gaps["map50"]["upper_bound_per_step"] == [row["map50"] for row in bound["rows"]]
+    lwf["continual"]["map"]["task_classes"] = [[0, 1], [2, 3]]
+    with pytest.raises(ConfigError, match="bounds only runs of its own scenario"):
+        gap_metrics(lwf, read_upper_bound(bounded / "cumulative"))
+
+
+@pytest.mark.slow
+def test_the_report_pairs_runs_with_the_sweep_s_joint_run(bounded: Path) -> None:
+    """A run without ``eval.upper_bound`` gets the cumulative joint of its steps; one with
+    it keeps the bound it was given."""
+    plain = bounded.parent / "plain"
+    shutil.copytree(bounded / "joint", plain / "joint")
+    shutil.copytree(bounded / "lwf", plain / "lwf")
+    summary = read_json(plain / "lwf" / "summary.json")
+    del summary["upper_bound"]
+    (plain / "lwf" / "summary.json").write_text(json.dumps(summary))
+    rows = {row["run"]: row for row in build_report(plain).rows}
+    expected = read_json(bounded / "lwf" / "summary.json")["upper_bound"]
+    assert rows["lwf"]["upper_bound"] == "joint" and rows["joint"]["omega_map"] is None
+    assert rows["lwf"]["omega_map"] == pytest.approx(expected["map"]["omega"])
+    assert rows["lwf"]["rel_gap_map"] == pytest.approx(expected["map"]["rel_gap"])
+    shutil.copytree(bounded / "cumulative", plain / "cumulative")
+    report = build_report(plain)
     rows = {row["run"]: row for row in report.rows}
-    for name in ("lwf", "lwf_plain"):
-        assert rows[name]["omega_map"] == pytest.approx(expected["map"]["omega"])
-        assert rows[name]["rel_gap_map"] == pytest.approx(expected["map"]["rel_gap"])
-    assert rows["lwf_plain"]["upper_bound"] == "joint" and rows["joint"]["omega_map"] is None
+    cumulative = gap_metrics(summary, read_upper_bound(plain / "cumulative"))
+    assert rows["lwf"]["upper_bound"] == "cumulative"
+    assert rows["lwf"]["omega_map"] == pytest.approx(cumulative["map"]["omega"])
     assert "| Ω mAP | RelGap mAP |" in report_markdown(report)
 
 
