@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -71,12 +70,21 @@ def evaluate(case: tuple[Detections, GroundTruth], images: int, backend: str) ->
     )  # fmt: skip
 
 
+def _high_water_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss, which a
+    spawned child inherits from its parent across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def _peak_in_child(args: tuple[int, int, str], queue: Any) -> None:
     images, per_image, backend = args
     case = make_case(images, per_image)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _high_water_mb()
     evaluate(case, images, backend)
-    queue.put((before / 1024.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))
+    queue.put((before, _high_water_mb()))
 
 
 def peak_memory_mb(images: int, per_image: int, backend: str) -> tuple[float, float]:
