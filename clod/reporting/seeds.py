@@ -84,7 +84,9 @@ def group_row(group: SeedGroup) -> Row:
     row: Row = dict(rows[0])
     for column in AGGREGATED:
         values = [float(r[column]) for r in rows if r.get(column) is not None]
-        mean, std = mean_std(values) if values else (None, None)
+        # a mean over some of the seeds would pass for all n (e.g. Ω where only one seed
+        # has a joint run): only a column every run has is aggregated
+        mean, std = mean_std(values) if len(values) == len(rows) else (None, None)
         row[column] = mean
         row[f"{column}_std"] = std
     row.update(
