@@ -75,7 +75,7 @@ def lr_factor(
     cfg: Mapping[str, Any], total_steps: int, epochs: int
 ) -> WarmupCosine | WarmupMultiStep:
     """The LR factor of one task from the resolved ``optimizer`` group (conf/optimizer/):
-    its ``warmup`` and either ``cosine`` or ``multistep``."""
+    its ``warmup`` and either ``multistep`` or ``cosine`` (the default when neither is set)."""
     epochs = max(1, int(epochs))
     steps_per_epoch = max(1, int(total_steps) // epochs)
     warmup_cfg = cfg.get("warmup") or {}
@@ -84,7 +84,7 @@ def lr_factor(
     )
     ratio = float(warmup_cfg.get("ratio", 1.0))
     cosine, multistep = cfg.get("cosine"), cfg.get("multistep")
-    if (cosine is None) == (multistep is None):
+    if cosine is not None and multistep is not None:
         raise ConfigError(
             "optimizer: set exactly one of cosine and multistep (the other to null), "
             f"got cosine={cosine} multistep={multistep}"
@@ -94,6 +94,7 @@ def lr_factor(
         return WarmupMultiStep(
             steps_per_epoch, warmup, ratio, milestones, float(multistep.get("gamma", 0.1))
         )
+    cosine = cosine or {}  # neither: a cosine over the task's epochs, to eta_min 0
     lr0 = float(cfg["optimizer"]["lr"])
     return WarmupCosine(
         steps_per_epoch,
