@@ -53,9 +53,19 @@ class SeedGroup:
         return [run_row(run) for run in self.runs]
 
 
+def follows_seed(key: str, value: object, config: dict[str, object]) -> bool:
+    """The top-level ``seed``, or a ``<group>.seed`` that follows it (replay's buffer seed is
+    ``${seed}``): the keys a seed sweep varies."""
+    return key == SEED_KEY or (key.endswith("." + SEED_KEY) and value == config.get(SEED_KEY))
+
+
 def setting_key(run: Run) -> str:
     """What a run's results depend on, except its seed, as a short stable hash."""
-    items = sorted((key, repr(value)) for key, value in run.config.items() if key != SEED_KEY)
+    items = sorted(
+        (key, repr(value))
+        for key, value in run.config.items()
+        if not follows_seed(key, value, run.config)
+    )
     return hashlib.sha1(repr(items).encode()).hexdigest()[:10]
 
 

@@ -143,3 +143,18 @@ def test_map_vs_compute_draws_the_std_over_seeds(seed_sweep: Path) -> None:
     for ax in drawing.figure.axes:
         expected = sorted(2 * e for s in drawing.series for e in s.yerr)[::2]
         assert len(bar_lengths(ax)) >= len(expected)
+
+
+def test_a_group_seed_that_follows_the_run_seed_is_part_of_the_seed() -> None:
+    """replay's ``strategy.seed: ${seed}`` changes with the seed: its runs are one setting;
+    a group seed set apart from the run's seed is a setting of its own."""
+    from clod.reporting.collect import Run
+    from clod.reporting.seeds import setting_key
+
+    def run(seed: int, buffer_seed: int) -> Run:
+        config = {"seed": seed, "strategy.name": "replay", "strategy.seed": buffer_seed}
+        return Run(Path(f"/x/{seed}"), str(seed), "done", config=config)
+
+    assert setting_key(run(1, 1)) == setting_key(run(2, 2))
+    assert setting_key(run(1, 7)) == setting_key(run(2, 7))  # a fixed buffer seed, repeated
+    assert setting_key(run(1, 7)) != setting_key(run(1, 1))  # another buffer seed
