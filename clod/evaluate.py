@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 
 from clod.errors import EXIT_USER_ERROR
+from clod.metrics.coco import COCO_BACKENDS
 from clod.metrics.files import EvaluationInputError, evaluate_coco_files
 
 USAGE = (
@@ -72,9 +73,11 @@ def parse_arguments(argv: Sequence[str]) -> dict[str, object]:
     if legacy not in ("true", "false", "1", "0"):
         raise ArgumentError(f"legacy_voc must be true or false, got {values['legacy_voc']!r}")
     options["legacy_voc"] = legacy in ("true", "1")
-    backend = values.get("coco_backend", "faster")
-    if backend not in ("faster", "pycocotools"):
-        raise ArgumentError(f"coco_backend must be faster or pycocotools, got {backend!r}")
+    backend = values.get("coco_backend", COCO_BACKENDS[0])
+    if backend not in COCO_BACKENDS:
+        raise ArgumentError(
+            f"coco_backend must be one of {', '.join(COCO_BACKENDS)}, got {backend!r}"
+        )
     options["coco_backend"] = backend
     return options
 
