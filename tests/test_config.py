@@ -169,7 +169,12 @@ def test_every_model_instantiates_for_the_data(option: str, data: str, tmp_path:
     assert detector.num_classes == cfg.data.num_classes
     width, height = cfg.model.input_size
     raw = detector(torch.zeros(1, 3, height, width)).raw
-    assert raw.shape[-1] == cfg.data.num_classes + 32
+    # NanoDet-Plus: C class logits then 4×8 box bins; YOLOX: 4 box offsets, objectness, C.
+    box_channels = 5 if option.startswith("yolox") else 32
+    assert raw.shape[-1] == detector.head.num_outputs == cfg.data.num_classes + box_channels
+    # The data follows the model's pixel format (YOLOX: 0–255 pixels padded with 114).
+    assert cfg.data.pixels == detector.pixels == cfg.model.pixels
+    assert cfg.data.pixels == ("yolox" if option.startswith("yolox") else "imagenet")
 
 
 @pytest.mark.parametrize("preset", ["slurm", "slurm_ddp", "slurm_cpu", "local"])

@@ -78,11 +78,13 @@ def pad_size(size: int, multiple: int = PAD_MULTIPLE) -> int:
     return -(-size // multiple) * multiple
 
 
-def collate(samples: Sequence[Sample]) -> Batch:
-    """Pad images bottom/right with 0 to the batch's max size rounded up to a multiple of 32."""
+def collate(samples: Sequence[Sample], pad_value: float = 0.0) -> Batch:
+    """Pad images bottom/right with ``pad_value`` (the pixel format's, see
+    :class:`~clod.data.transforms.DetectionTransform`) to the batch's max size rounded up to
+    a multiple of 32."""
     height = pad_size(max(s.image.shape[1] for s in samples))
     width = pad_size(max(s.image.shape[2] for s in samples))
-    images = torch.zeros((len(samples), 3, height, width), dtype=torch.float32)
+    images = torch.full((len(samples), 3, height, width), pad_value, dtype=torch.float32)
     for i, sample in enumerate(samples):
         _, h, w = sample.image.shape
         images[i, :, :h, :w] = torch.from_numpy(sample.image)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from torch.utils.data import DataLoader
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader
 from clod.data.dataset import DetectionDataset, collate
 from clod.data.sampling import EpochSampler, ShuffledBatches
 from clod.data.transforms import Augment, DetectionTransform
-from clod.data.types import ImageRecord
+from clod.data.types import Batch, ImageRecord
 from clod.errors import ConfigError
 
 
@@ -23,14 +24,27 @@ def _augment(cfg: Mapping[str, Any] | None) -> Augment:
         raise ConfigError(f"data.augment: {exc}") from None
 
 
+def transform_for(data_cfg: Mapping[str, Any], train: bool) -> DetectionTransform:
+    """The training (resize and augmentation) or evaluation (resize) transform of ``data``."""
+    try:
+        return DetectionTransform(
+            data_cfg["input_size"],
+            bool(data_cfg.get("keep_ratio", True)),
+            _augment(data_cfg.get("augment")) if train else None,
+            str(data_cfg.get("pixels", "imagenet")),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"data: {exc}") from None
+
+
+def batch_collate(dataset: DetectionDataset) -> Callable[[Sequence[Any]], Batch]:
+    """The collate function padding with the dataset's pixel format (picklable for workers)."""
+    return partial(collate, pad_value=dataset.transform.pad_value)
+
+
 def train_dataset(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DetectionDataset:
     """The records with the training transform (resize and augmentation)."""
-    transform = DetectionTransform(
-        data_cfg["input_size"],
-        bool(data_cfg.get("keep_ratio", True)),
-        _augment(data_cfg.get("augment")),
-    )
-    return DetectionDataset(records, transform)
+    return DetectionDataset(records, transform_for(data_cfg, train=True))
 
 
 def train_loader(
@@ -54,26 +68,27 @@ def sampled_train_loader(
 ) -> DataLoader:
     """Augmented batches of ``records`` in the order ``sampler`` gives (whole batches)."""
     workers = int(data_cfg.get("num_workers", 0))
+    dataset = train_dataset(records, data_cfg)
     return DataLoader(
-        train_dataset(records, data_cfg),
+        dataset,
         batch_size=sampler.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=workers,
         persistent_workers=workers > 0,
-        collate_fn=collate,
+        collate_fn=batch_collate(dataset),
     )
 
 
 def eval_loader(records: Sequence[ImageRecord], data_cfg: Mapping[str, Any]) -> DataLoader:
     """Resize-only batches in dataset order; every image once (no drop_last)."""
-    transform = DetectionTransform(data_cfg["input_size"], bool(data_cfg.get("keep_ratio", True)))
+    dataset = DetectionDataset(records, transform_for(data_cfg, train=False))
     workers = int(data_cfg.get("num_workers", 0))
     return DataLoader(
-        DetectionDataset(records, transform),
+        dataset,
         batch_size=int(data_cfg.get("eval_batch_size") or data_cfg["batch_size"]),
         shuffle=False,
         drop_last=False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=batch_collate(dataset),
     )

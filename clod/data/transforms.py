@@ -7,8 +7,11 @@ it, so image and boxes can never disagree. The same matrix, inverted, maps
 detections back to the original image. Validation uses the resize alone.
 
 Colour jitter (brightness, contrast, saturation; each with p = 0.5) works on the
-warped image scaled to [0, 1], then the image is normalised with the BGR ImageNet
-statistics. Images stay BGR throughout, as OpenCV reads them.
+warped image scaled to [0, 1]. The pixel format (``data.pixels``, which follows the
+model's ``pixels``) then makes the network input: ``imagenet`` (NanoDet-Plus) normalises
+with the BGR ImageNet statistics, ``yolox`` keeps 0–255 values and fills the border and
+the batch padding with 114, as YOLOX's letterbox does. Images stay BGR throughout, as
+OpenCV reads them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import numpy as np
 
 MEAN_BGR = np.array([103.53, 116.28, 123.675], dtype=np.float32)
 STD_BGR = np.array([57.375, 57.12, 58.395], dtype=np.float32)
+# Pixel formats: the border the warp fills (uint8 BGR) and the value the batch is padded
+# with (network input units): imagenet pads with 0, the mean colour after normalisation.
+PIXEL_FORMATS: dict[str, tuple[int, float]] = {"imagenet": (0, 0.0), "yolox": (114, 114.0)}
 MIN_BOX_SIZE = 1.0  # boxes narrower or shorter than this after the warp can never be positives
 
 
@@ -123,13 +129,21 @@ class DetectionTransform:
     """Image + boxes -> network input. Training when ``augment`` is given, else validation."""
 
     def __init__(
-        self, input_size: Sequence[int], keep_ratio: bool = True, augment: Augment | None = None
+        self,
+        input_size: Sequence[int],
+        keep_ratio: bool = True,
+        augment: Augment | None = None,
+        pixels: str = "imagenet",
     ):
         if len(input_size) != 2 or min(input_size) <= 0:
             raise ValueError(f"input_size must be [width, height] > 0, got {list(input_size)}")
+        if pixels not in PIXEL_FORMATS:
+            raise ValueError(f"pixels={pixels!r} is not one of {sorted(PIXEL_FORMATS)}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.keep_ratio = keep_ratio
         self.augment = augment
+        self.pixels = pixels
+        self.border, self.pad_value = PIXEL_FORMATS[pixels]
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, rng: np.random.Generator | None = None
@@ -149,13 +163,19 @@ class DetectionTransform:
             (out_w, out_h),
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0,
+            borderValue=(self.border,) * 3,
         )
-        pixels = warped.astype(np.float32) * np.float32(1 / 255)
-        if self.augment is not None:
-            pixels = color_jitter(pixels, self.augment, rng)
-        # (x/255 - mean/255) / (std/255) == (x - mean) / std
-        pixels = (pixels - MEAN_BGR / 255) / (STD_BGR / 255)
+        if self.augment is None and self.pixels == "yolox":
+            pixels = warped.astype(np.float32)  # no jitter: the 0–255 values as they are
+        else:
+            pixels = warped.astype(np.float32) * np.float32(1 / 255)
+            if self.augment is not None:
+                pixels = color_jitter(pixels, self.augment, rng)
+            if self.pixels == "yolox":
+                pixels *= np.float32(255)
+            else:
+                # (x/255 - mean/255) / (std/255) == (x - mean) / std
+                pixels = (pixels - MEAN_BGR / 255) / (STD_BGR / 255)
         new_boxes, keep = warp_boxes(np.asarray(boxes, dtype=np.float32), matrix, out_w, out_h)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1)), new_boxes[keep], keep, matrix
 

@@ -23,7 +23,7 @@ from clod.engine.evaluation import Predict, raw_predictor
 from clod.errors import DataError
 from clod.models.boxes import to_original
 from clod.models.detector import build_detector
-from clod.models.head import NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
 from clod.utils.checkpoints import check_targets
 
 PROVIDER = "CPUExecutionProvider"
@@ -54,7 +54,7 @@ class OnnxDetector:
     path: Path
     session: ort.InferenceSession
     metadata: dict[str, Any]
-    head: NanoDetPlusHead  # built from the metadata's model config: decoding only, no weights
+    head: DetectionHead  # built from the metadata's model config: decoding only, no weights
 
     @classmethod
     def load(cls, path: str | Path, threads: int | None = None, spin: bool = False) -> OnnxDetector:

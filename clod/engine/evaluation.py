@@ -19,7 +19,7 @@ from clod.errors import ConfigError, DataError
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.metrics.files import result_to_json
 from clod.models.detector import Detector, build_detector
-from clod.models.head import NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
 from clod.utils.checkpoints import check_targets, load_plain
 
 
@@ -37,7 +37,7 @@ def record_targets(records: Sequence[ImageRecord]) -> list[dict[str, torch.Tenso
 
 
 def decode_for_evaluation(
-    head: NanoDetPlusHead,
+    head: DetectionHead,
     raw: torch.Tensor,
     batch: Batch,
     eval_cfg: Mapping[str, Any],
@@ -88,7 +88,7 @@ def evaluate_predictions(
 
 
 def evaluate_raw(
-    head: NanoDetPlusHead,
+    head: DetectionHead,
     forward: RawForward,
     records: Sequence[ImageRecord],
     classes: Sequence[int],
@@ -105,7 +105,7 @@ def evaluate_raw(
 
 
 def raw_predictor(
-    head: NanoDetPlusHead, forward: RawForward, eval_cfg: Mapping[str, Any], classes: Sequence[int]
+    head: DetectionHead, forward: RawForward, eval_cfg: Mapping[str, Any], classes: Sequence[int]
 ) -> Predict:
     """A model given by its raw ``forward``, decoded by ``head`` with the ``eval`` settings
     and detecting only ``classes`` (when ``eval.restrict_to_seen``)."""

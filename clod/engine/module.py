@@ -32,7 +32,8 @@ from clod.engine.evaluation import decode_for_evaluation, record_targets
 from clod.engine.schedule import lr_factor
 from clod.metrics.detection import DetectionMetric, DetectionResult
 from clod.models.detector import Detector
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
+from clod.models.outputs import HeadOutput
 from clod.models.targets import pad_targets
 from clod.strategies.base import Step, Strategy
 from clod.strategies.supervision import supervised_detection_loss
@@ -44,7 +45,7 @@ TEACHER_PREFIX = "teacher."
 class NeckHead(nn.Module):
     """The trainable part on top of the backbone: ``neck`` then ``head``."""
 
-    def __init__(self, neck: nn.Module, head: NanoDetPlusHead) -> None:
+    def __init__(self, neck: nn.Module, head: DetectionHead) -> None:
         super().__init__()
         self.neck = neck
         self.head = head
@@ -93,7 +94,7 @@ class CLODModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ parts
     @property
-    def head(self) -> NanoDetPlusHead:
+    def head(self) -> DetectionHead:
         return self.student.head
 
     def detector_state_dict(self) -> dict[str, torch.Tensor]:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 from clod.models.backbone import ShuffleNetV2
 from clod.models.detector import Detector, build_detector
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head import NanoDetPlusHead
 from clod.models.neck import GhostPAN
+from clod.models.outputs import HeadOutput
 
 __all__ = [
     "Detector",

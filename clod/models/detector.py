@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from clod.models.head import HeadOutput, NanoDetPlusHead
 from clod.models.layers import fuse_conv_bn_
+from clod.models.outputs import HeadOutput
+
+log = logging.getLogger(__name__)
 
 
 class Detector(nn.Module):
@@ -19,18 +22,26 @@ class Detector(nn.Module):
     Args:
         backbone: images → (C3, C4, C5).
         neck: (C3, C4, C5) → (P3, P4, P5, P6).
-        head: pyramid → :class:`HeadOutput`.
+        head: pyramid → :class:`HeadOutput` (a :class:`NanoDetPlusHead` or a YOLOXHead).
         num_classes: if given, must equal the head's class count (a config consistency check).
         input_size: the model's default input as ``[width, height]`` (the config convention).
+        weights: optional local path to an official YOLOX checkpoint, loaded right after
+            construction (:func:`clod.models.yolox.load_official_yolox`). NanoDet models take
+            their pretrained weights through ``backbone.pretrained`` instead.
+        pixels: the input pixel format the model expects (``imagenet``: normalised BGR;
+            ``yolox``: BGR 0–255, padded with 114); the data config follows it
+            (``data.pixels``, :mod:`clod.data.transforms`).
     """
 
     def __init__(
         self,
         backbone: nn.Module,
         neck: nn.Module,
-        head: NanoDetPlusHead,
+        head: nn.Module,
         num_classes: int | None = None,
         input_size: Sequence[int] = (320, 320),
+        weights: str | None = None,
+        pixels: str = "imagenet",
     ) -> None:
         super().__init__()
         if num_classes is not None and int(num_classes) != head.num_classes:
@@ -42,6 +53,24 @@ class Detector(nn.Module):
         self.head = head
         width, height = (int(v) for v in input_size)
         self.input_size: tuple[int, int] = (width, height)
+        self.pixels = str(pixels)
+        if weights is not None:
+            self._load_weights(weights)
+
+    def _load_weights(self, weights: str) -> None:
+        """Load a head family's published checkpoint; only YOLOX's are supported here."""
+        # Imported here: clod.models.yolox imports this package's modules (no import cycle).
+        from clod.models.yolox.checkpoint import load_official_yolox
+        from clod.models.yolox.head import YOLOXHead
+
+        if not isinstance(self.head, YOLOXHead):
+            raise ValueError(
+                f"weights={weights!r}: model weights are supported for official YOLOX "
+                f"checkpoints only (this head is a {type(self.head).__name__}); NanoDet models "
+                "load ImageNet weights through backbone.pretrained"
+            )
+        for note in load_official_yolox(self, weights):
+            log.warning(note)
 
     @property
     def num_classes(self) -> int:
@@ -56,7 +85,7 @@ class Detector(nn.Module):
         boxes: Sequence[torch.Tensor],
         labels: Sequence[torch.Tensor],
     ) -> dict[str, torch.Tensor]:
-        """Forward plus :meth:`NanoDetPlusHead.loss` on one batch."""
+        """Forward plus the head's ``loss`` on one batch."""
         output = self(images)
         return self.head.loss(output.raw, boxes, labels, tuple(images.shape[-2:]))
 

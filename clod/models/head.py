@@ -12,7 +12,7 @@ Conventions used by every method:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,12 +25,14 @@ from clod.models.losses import (
     GIOU_WEIGHT,
     QFL_WEIGHT,
     avg_factor,
+    box_bin_kl,
     dfl_targets,
     distribution_focal_loss,
     giou_loss,
     quality_focal_loss,
 )
 from clod.models.nms import batched_nms
+from clod.models.outputs import HeadOutput
 from clod.models.priors import Priors, make_priors
 from clod.models.targets import Assigned, Targets, pad_targets
 
@@ -38,35 +40,6 @@ PRIOR_PROB = 0.01
 # log(0.01 / 0.99) rounded as upstream rounds it (docs/detector.md §5), so every class starts at σ ≈ 0.01.
 CLS_BIAS_INIT = -4.595
 ASSIGNER_KEYS = ("topk", "iou_factor", "multi_match")
-
-
-class HeadOutput(NamedTuple):
-    """What the head computes for a batch, by name (strategies read these, never offsets).
-
-    raw: B×N×(C+4·(reg_max+1)), the output conv's channels in prior order (what the loss,
-    decoding and export take); cls_logits: B×N×C and box_logits: B×N×4·(reg_max+1), views
-    of ``raw``; towers: the tower outputs, one per level, after their last activation.
-    Decoded boxes depend on the input size: :meth:`NanoDetPlusHead.boxes`.
-    """
-
-    raw: torch.Tensor
-    towers: tuple[torch.Tensor, ...]
-    cls_logits: torch.Tensor
-    box_logits: torch.Tensor
-
-    @classmethod
-    def from_raw(
-        cls, raw: torch.Tensor, towers: Sequence[torch.Tensor], num_classes: int
-    ) -> HeadOutput:
-        return cls(raw, tuple(towers), raw[..., :num_classes], raw[..., num_classes:])
-
-    def float(self) -> HeadOutput:
-        """The same outputs in float32 (losses run in float32 under mixed precision)."""
-        if self.raw.dtype == torch.float32 and all(t.dtype == torch.float32 for t in self.towers):
-            return self
-        return HeadOutput.from_raw(
-            self.raw.float(), [t.float() for t in self.towers], self.cls_logits.shape[-1]
-        )
 
 
 def expand_class_rows(
@@ -220,9 +193,44 @@ class NanoDetPlusHead(nn.Module):
             priors.centres, self.decode_distances(output.box_logits, priors.strides)
         )
 
+    def boxes_at(
+        self, box_logits: torch.Tensor, prior: torch.Tensor, input_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(K, 4) xyxy boxes of the priors ``prior`` (K,) from their (K, 4·bins) logits."""
+        priors = self.priors(input_size, box_logits.device, box_logits.dtype)
+        distances = self.decode_distances(box_logits, priors.strides[prior])
+        return distance_to_box(priors.centres[prior], distances)
+
+    def stride_free_boxes_at(
+        self, box_logits: torch.Tensor, prior: torch.Tensor, input_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """ERD's defective decoding (``strategy.reference_decoding``, fidelity only): the
+        expected distances stay in stride units while the centres are in pixels."""
+        priors = self.priors(input_size, box_logits.device, box_logits.dtype)
+        distances = self.decode_distances(box_logits, torch.ones_like(priors.strides[prior]))
+        return distance_to_box(priors.centres[prior], distances)
+
+    def num_priors(self, input_size: tuple[int, int]) -> int:
+        return int(self.priors(input_size, "cpu", torch.float32).strides.numel())
+
     def scores(self, output: HeadOutput) -> torch.Tensor:
         """Per-class confidence B×N×C: σ of the class logits (QFL's IoU-aware score)."""
         return output.cls_logits.sigmoid()
+
+    def score_channels(self, classes: torch.Tensor) -> torch.Tensor:
+        """The class logits themselves: a score is σ of its class logit."""
+        return classes
+
+    def box_confidence(self, output: HeadOutput) -> torch.Tensor:
+        """B×N: the largest box-bin logit of each prior (ERD's regression selection: a
+        peaked distribution is a sure box)."""
+        return output.box_logits.amax(dim=-1)
+
+    def box_distillation(
+        self, student_box: torch.Tensor, teacher_box: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """(K,) ERD's KL between the priors' box-bin distributions at temperature T."""
+        return box_bin_kl(student_box, teacher_box, temperature)
 
     # ------------------------------------------------------------------ loss
     def loss(

@@ -84,3 +84,18 @@ def distribution_focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torc
 def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
     """Per-row 1 − GIoU (eps 1e-7 on union and hull)."""
     return 1.0 - aligned_giou(pred_boxes, target_boxes)
+
+
+def box_bin_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """(K,) T²·Σ_sides KL(softmax(r^T/T) ‖ softmax(r^S/T)) / 4 of K priors' box-bin logits.
+
+    The logits are (K, 4·bins) (sides l, t, r, b); each side's KL is averaged over its bins
+    and the 4 sides summed then divided by 4: ERD's distance between box distributions
+    (docs/strategies.md §7).
+    """
+    student = (student_logits / temperature).unflatten(-1, (4, -1)).log_softmax(dim=-1)
+    teacher = (teacher_logits / temperature).unflatten(-1, (4, -1)).log_softmax(dim=-1)
+    kl = (teacher.exp() * (teacher - student)).mean(dim=-1)  # (K, 4)
+    return temperature**2 * kl.sum(dim=-1) / 4.0

@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from clod.data.tasks import Task
 from clod.data.types import Batch
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
+from clod.models.outputs import HeadOutput
 from clod.models.targets import Assigned, Targets
 
 FrozenBN = Literal["eval", "train"]
@@ -63,7 +64,7 @@ class Step:
     features: tuple[torch.Tensor, ...]
     student: HeadOutput
     teacher: HeadOutput | None
-    head: NanoDetPlusHead
+    head: DetectionHead
     input_size: tuple[int, int]
     annotated: Targets
 
@@ -107,7 +108,7 @@ class TrainingModule(Protocol):
     teacher: nn.Module | None  # what set_teacher installed; None before
 
     @property
-    def head(self) -> NanoDetPlusHead:
+    def head(self) -> DetectionHead:
         """The student's head (class count, priors, decoding)."""
         ...
 

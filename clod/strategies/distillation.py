@@ -24,7 +24,8 @@ from torch import nn
 from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput
+from clod.models.head_protocol import DetectionHead
+from clod.models.outputs import HeadOutput
 from clod.strategies.base import FrozenBN, Strategy, TrainingModule
 from clod.utils.signals import deferred_signals
 
@@ -40,12 +41,13 @@ def whole_output_mse(student_raw: torch.Tensor, teacher_raw: torch.Tensor) -> to
 
 
 def class_logit_mse(
-    student_raw: torch.Tensor, teacher_raw: torch.Tensor, classes: torch.Tensor
+    student_raw: torch.Tensor, teacher_raw: torch.Tensor, channels: torch.Tensor
 ) -> torch.Tensor:
-    """MSE of the raw logits of ``classes`` (global indices) at every prior."""
-    if classes.numel() == 0:
+    """MSE of the raw logits at ``channels`` (indices into the last axis, e.g. the head's
+    ``score_channels`` of the old classes) at every prior."""
+    if channels.numel() == 0:
         return attached_zero(student_raw)
-    index = classes.to(student_raw.device)
+    index = channels.to(student_raw.device)
     return F.mse_loss(
         student_raw.index_select(-1, index),
         teacher_raw.index_select(-1, index.to(teacher_raw.device)),
@@ -130,7 +132,19 @@ class TeacherStrategy(Strategy):
         return {}  # no teacher at task 0: plain training
 
 
+def old_score_logit_mse(
+    head: DetectionHead, student: HeadOutput, teacher: HeadOutput, old_classes: torch.Tensor
+) -> torch.Tensor:
+    """MSE of the raw logits the old classes' scores are made of, at every prior: their
+    class logits (and, on a head with objectness, the objectness logit)."""
+    if old_classes.numel() == 0:
+        return attached_zero(student.raw)
+    channels = head.score_channels(old_classes.to(student.raw.device))
+    return class_logit_mse(student.raw, teacher.raw, channels)
+
+
 def class_and_feature_terms(
+    head: DetectionHead,
     student: HeadOutput,
     teacher: HeadOutput,
     old_classes: torch.Tensor,
@@ -139,11 +153,11 @@ def class_and_feature_terms(
 ) -> dict[str, torch.Tensor]:
     """SID's and Latent Distillation's terms, weighted: α·L_cls and β·L_feat.
 
-    L_cls: MSE of the old classes' raw logits (old classes only: the reference's attempt to
-    append the future-class slots appends nothing). L_feat: Σ_l dense MSE of the four
+    L_cls: MSE of the old classes' raw score logits (old classes only: the reference's
+    attempt to append the future-class slots appends nothing). L_feat: Σ_l dense MSE of the
     head-tower outputs. Regression logits and neck outputs are not distilled.
     """
     return {
-        "distill_cls": alpha * class_logit_mse(student.cls_logits, teacher.cls_logits, old_classes),
+        "distill_cls": alpha * old_score_logit_mse(head, student, teacher, old_classes),
         "distill_feat": beta * tower_feature_mse(student.towers, teacher.towers),
     }

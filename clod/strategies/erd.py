@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 
 from clod.errors import ConfigError
-from clod.models.boxes import distance_to_box
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
+from clod.models.outputs import HeadOutput
 from clod.models.targets import Assigned
 from clod.strategies.base import Step, Supervision, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, attached_zero
@@ -58,44 +58,49 @@ def elastic_selection(values: torch.Tensor, k_std: float) -> Selection:
 
 
 def decode_teacher_boxes(
-    head: NanoDetPlusHead,
+    head: DetectionHead,
     box_logits: torch.Tensor,
     selection: Selection,
     input_size: tuple[int, int],
     reference_decoding: bool = False,
 ) -> torch.Tensor:
-    """(K, 4) xyxy boxes in input pixels of ``box_logits`` (B, N, 4·(reg_max+1)) at the selection.
+    """(K, 4) xyxy boxes in input pixels of ``box_logits`` (B, N, D) at the selection.
 
-    ``reference_decoding`` reproduces ERD's defect: the expected distances stay in stride
-    units (no ×stride) while the prior centres are in pixels, so every box shrinks by
-    1/stride around its centre.
+    ``reference_decoding`` reproduces ERD's defect on NanoDet-Plus: the expected distances
+    stay in stride units (no ×stride) while the prior centres are in pixels, so every box
+    shrinks by 1/stride around its centre. A head without box bins has no such defect.
     """
-    priors = head.priors(input_size, box_logits.device, box_logits.dtype)
-    strides = priors.strides[selection.prior]
-    if reference_decoding:
-        strides = torch.ones_like(strides)
-    distances = head.decode_distances(box_logits[selection.image, selection.prior], strides)
-    return distance_to_box(priors.centres[selection.prior], distances)
+    selected = box_logits[selection.image, selection.prior]
+    if not reference_decoding:
+        return head.boxes_at(selected, selection.prior, input_size)
+    stride_free = getattr(head, "stride_free_boxes_at", None)
+    if stride_free is None:
+        raise ConfigError(
+            f"strategy.reference_decoding=true reproduces a defect of box-bin decoding, which "
+            f"{type(head).__name__} does not have: set it to false"
+        )
+    return stride_free(selected, selection.prior, input_size)
 
 
 def regression_selection(
-    head: NanoDetPlusHead,
-    teacher_box_logits: torch.Tensor,
+    head: DetectionHead,
+    teacher: HeadOutput,
     old: OldClassScores,
     input_size: tuple[int, int],
     k_std: float,
     nms_iou: float,
     reference_decoding: bool = False,
 ) -> Selection:
-    """K: priors whose max raw box logit passes the elastic threshold, after per-image
-    class-aware NMS of their decoded teacher boxes (scored and labelled by ``old``)."""
-    candidates = elastic_selection(teacher_box_logits.amax(dim=-1), k_std)
+    """K: priors whose box confidence (:meth:`box_confidence`: the max raw box-bin logit on
+    NanoDet-Plus) passes the elastic threshold, after per-image class-aware NMS of their
+    decoded teacher boxes (scored and labelled by ``old``)."""
+    candidates = elastic_selection(head.box_confidence(teacher), k_std)
     if len(candidates) == 0:
         return candidates
     # nms_per_image reads (B, N, 4) boxes at the selection; only the candidates are decoded.
-    boxes = teacher_box_logits.new_zeros((*old.score.shape, 4))
+    boxes = teacher.box_logits.new_zeros((*old.score.shape, 4))
     boxes[candidates.image, candidates.prior] = decode_teacher_boxes(
-        head, teacher_box_logits, candidates, input_size, reference_decoding
+        head, teacher.box_logits, candidates, input_size, reference_decoding
     )
     return nms_per_image(candidates, boxes, old.score, old.label, nms_iou)
 
@@ -119,9 +124,11 @@ def class_distillation(
 ) -> torch.Tensor:
     """L_dcls: per image, the MSE of the old classes' raw logits over its selected priors.
 
-    ``student_cls``/``teacher_cls``: (B, N, C). Each image's MSE is a mean over its own
-    |S_cls|·|Old| elements; an image with an empty S_cls contributes 0 (where ERD's code
-    gives NaN) and still counts in image_mean's denominator, so image_mean is exactly
+    ``student_cls``/``teacher_cls``: (B, N, K) logits and ``old_classes`` the channels
+    of the old classes' scores among the K (the head's ``score_channels``: the class logits
+    on NanoDet-Plus, plus the objectness on YOLOX). Each image's MSE is a mean over its own
+    |S_cls|·|channels| elements; an image with an empty S_cls contributes 0 (where ERD's
+    code gives NaN) and still counts in image_mean's denominator, so image_mean is exactly
     reference_sum / B.
     """
     if len(selection) == 0:
@@ -137,25 +144,26 @@ def class_distillation(
 
 
 def box_distillation_per_prior(
-    student_box_logits: torch.Tensor,
-    teacher_box_logits: torch.Tensor,
+    head: DetectionHead,
+    student_box: torch.Tensor,
+    teacher_box: torch.Tensor,
     weights: torch.Tensor,
     temperature: float,
     box_weight: float = 0.25,
 ) -> torch.Tensor:
-    """(K,) box_weight · Σ_sides w·T²·KL(softmax(r^T/T) ‖ softmax(r^S/T)) / 4 per prior.
+    """(K,) box_weight · w · the head's box distance per prior.
 
-    The logits are (K, 4·bins) (sides l, t, r, b); the KL of each side is averaged over its
-    bins; the constant 4 (not |K|) is ERD's divisor.
+    On NanoDet-Plus the distance is ERD's T²·Σ_sides KL(softmax(r^T/T) ‖ softmax(r^S/T)) / 4
+    of the (K, 4·bins) logits (each side's KL averaged over its bins; the constant 4, not
+    |K|, is ERD's divisor); a head family without bins supplies its counterpart
+    (docs/strategies.md §7).
     """
-    student = (student_box_logits / temperature).unflatten(-1, (4, -1)).log_softmax(dim=-1)
-    teacher = (teacher_box_logits / temperature).unflatten(-1, (4, -1)).log_softmax(dim=-1)
-    kl = (teacher.exp() * (teacher - student)).mean(dim=-1)  # (K, 4)
-    return box_weight * temperature**2 * weights * kl.sum(dim=-1) / 4.0
+    return box_weight * weights * head.box_distillation(student_box, teacher_box, temperature)
 
 
 def box_distillation(
-    student_cls: torch.Tensor,
+    head: DetectionHead,
+    student_scores: torch.Tensor,
     student_box: torch.Tensor,
     teacher_box: torch.Tensor,
     kept: Selection,
@@ -164,19 +172,19 @@ def box_distillation(
     box_weight: float = 0.25,
     reduction: Reduction = "image_mean",
 ) -> torch.Tensor:
-    """L_dreg over the kept priors K, weighted by the student's detached max old-class σ.
+    """L_dreg over the kept priors K, weighted by the student's detached max old-class score.
 
-    ``student_cls``: (B, N, C) logits; ``student_box``/``teacher_box``: (B, N, 4·bins). Each
-    image's term is the sum over its kept priors (ERD divides by 4, not by |K|).
+    ``student_scores``: (B, N, C) the head's scores; ``student_box``/``teacher_box``: (B, N,
+    D) box channels. Each image's term is the sum over its kept priors (ERD divides by 4,
+    not by |K|).
     """
     if len(kept) == 0:
         return attached_zero(student_box)
     image, prior = kept
-    old = old_classes.to(student_cls.device)
-    # σ is monotone, so σ of the max logit is the max score.
-    weights = student_cls.detach()[image, prior].index_select(-1, old).amax(-1).sigmoid()
+    old = old_classes.to(student_scores.device)
+    weights = student_scores.detach()[image, prior].index_select(-1, old).amax(-1)
     per_prior = box_distillation_per_prior(
-        student_box[image, prior], teacher_box[image, prior], weights, temperature, box_weight
+        head, student_box[image, prior], teacher_box[image, prior], weights, temperature, box_weight
     )
     return reduce_over_images(per_prior, image, student_box.shape[0], reduction)
 
@@ -273,19 +281,17 @@ class ERD(TeacherStrategy):
         self,
         student: HeadOutput,
         teacher: HeadOutput,
-        head: NanoDetPlusHead,
+        head: DetectionHead,
         input_size: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
         """The weighted terms ``distill_cls`` and ``distill_reg`` of one batch."""
-        teacher_cls = teacher.cls_logits.detach()
         teacher_box = teacher.box_logits.detach()
-        # Max and argmax over the old logits, then σ of the max only: σ is monotone, so this
-        # is the max old-class score at a fraction of the cost of σ over every channel.
-        best = old_class_scores(teacher_cls, self.old_classes)
-        old = OldClassScores(best.score.sigmoid(), best.label)
+        # The head's own scores (σ(cls) on NanoDet-Plus, σ(obj)·σ(cls) on YOLOX, whose class
+        # logits alone say nothing about background).
+        old = old_class_scores(head.scores(teacher), self.old_classes)
         cls_selected = elastic_selection(old.score, self.k_std)
         kept = regression_selection(
-            head, teacher_box, old, input_size, self.k_std, self.nms_iou, self.reference_decoding
+            head, teacher, old, input_size, self.k_std, self.nms_iou, self.reference_decoding
         )
         num_images = student.raw.shape[0]
         self.last_selection = {
@@ -293,10 +299,15 @@ class ERD(TeacherStrategy):
             "erd_reg_kept_per_image": len(kept) / num_images,
         }
         distill_cls = class_distillation(
-            student.cls_logits, teacher_cls, cls_selected, self.old_classes, self.cls_reduction
+            student.raw,
+            teacher.raw.detach(),
+            cls_selected,
+            head.score_channels(self.old_classes.to(student.raw.device)),
+            self.cls_reduction,
         )
         distill_reg = box_distillation(
-            student.cls_logits,
+            head,
+            head.scores(student).detach(),
             student.box_logits,
             teacher_box,
             kept,

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from clod.errors import ConfigError
-from clod.models.boxes import clip_boxes, distance_to_box
+from clod.models.boxes import clip_boxes
 from clod.models.targets import Assigned
 from clod.strategies.base import ExtraRoute, Step, Supervision, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, attached_zero
@@ -193,12 +193,8 @@ class ILYOLOX(TeacherStrategy):
         )
         student_logits = step.student.cls_logits[image, prior].index_select(-1, channels)
         teacher_logits = teacher.cls_logits[image, teacher_prior].index_select(-1, channels)
-        priors = step.head.priors(step.input_size, step.student.raw.device, step.student.raw.dtype)
-        student_boxes = distance_to_box(
-            priors.centres[prior],
-            step.head.decode_distances(
-                step.student.box_logits[image, prior], priors.strides[prior]
-            ),
+        student_boxes = step.head.boxes_at(
+            step.student.box_logits[image, prior], prior, step.input_size
         )
         # The pseudo box each old positive matched is the teacher's (clipped) box at q.
         teacher_boxes = assigned.matched(assigned.targets.boxes)[image, prior]

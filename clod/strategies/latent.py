@@ -23,7 +23,7 @@ from torch import nn
 from clod.data.tasks import Task
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput
+from clod.models.outputs import HeadOutput
 from clod.models.targets import Assigned
 from clod.strategies.base import Step, TrainingModule
 from clod.strategies.distillation import FrozenBN, TeacherStrategy, class_and_feature_terms
@@ -71,7 +71,9 @@ class LatentDistillation(TeacherStrategy):
         output, teacher = step.student, step.teacher
         if teacher is None:
             return {}
-        return class_and_feature_terms(output, teacher, self.old_classes, self.alpha, self.beta)
+        return class_and_feature_terms(
+            step.head, output, teacher, self.old_classes, self.alpha, self.beta
+        )
 
     def base_training_signature(self) -> dict[str, Any] | None:
         if self.freeze_from_task == 0:  # task 0 trains only neck and head

@@ -19,7 +19,7 @@ from clod.strategies.base import Step, TrainingModule
 from clod.strategies.distillation import (
     FrozenBN,
     TeacherStrategy,
-    class_logit_mse,
+    old_score_logit_mse,
     whole_output_mse,
 )
 
@@ -52,5 +52,5 @@ class LwF(TeacherStrategy):
         if self.outputs == "all":
             term = whole_output_mse(output.raw, teacher.raw)
         else:
-            term = class_logit_mse(output.cls_logits, teacher.cls_logits, self.old_classes)
+            term = old_score_logit_mse(step.head, output, teacher, self.old_classes)
         return {"distill_output": self.alpha * term}

@@ -43,4 +43,6 @@ class SID(TeacherStrategy):
         output, teacher = step.student, step.teacher
         if teacher is None:
             return {}
-        return class_and_feature_terms(output, teacher, self.old_classes, self.alpha, self.beta)
+        return class_and_feature_terms(
+            step.head, output, teacher, self.old_classes, self.alpha, self.beta
+        )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from clod.models.head import NanoDetPlusHead
+from clod.models.head_protocol import DetectionHead
 from clod.models.targets import Assigned, Targets, merge_targets, pad_targets
 from clod.strategies.base import Step, Supervision
 
@@ -57,7 +57,7 @@ def loss_controls(supervision: Supervision, assigned: Assigned) -> dict[str, tor
 
 
 def supervised_detection_loss(
-    head: NanoDetPlusHead, step: Step, supervision: Supervision | None
+    head: DetectionHead, step: Step, supervision: Supervision | None
 ) -> tuple[dict[str, torch.Tensor], Assigned]:
     """QFL + GIoU + DFL of ``step`` under ``supervision`` (None: plain), and its assignment."""
     raw = step.student.raw

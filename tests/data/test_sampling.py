@@ -26,7 +26,9 @@ def records(tmp_path_factory: pytest.TempPathFactory):
     data_cfg.update(input_size=[96, 96], name="synthetic_tiny", format="voc")
     data_cfg.pop("defaults", None)
     base = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "synthetic.yaml"))
-    merged = {**base, **data_cfg}
+    # Read without the train config, the pixel format's interpolation of model.pixels is
+    # unresolvable: the NanoDet default is what a composed config gives.
+    merged = {**base, **data_cfg, "pixels": "imagenet"}
     train, _ = load_splits(merged, tmp_path_factory.mktemp("data"))
     return train.records[:24], merged
 

@@ -20,7 +20,8 @@ from clod.data.tasks import Task
 from clod.data.types import Batch, ImageRecord
 from clod.engine.module import CLODModule
 from clod.models.detector import Detector, build_detector
-from clod.models.head import HeadOutput, NanoDetPlusHead
+from clod.models.head import NanoDetPlusHead
+from clod.models.outputs import HeadOutput
 from clod.models.targets import pad_targets
 from clod.strategies.base import Step, Strategy
 

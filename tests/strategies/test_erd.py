@@ -15,7 +15,7 @@ import torch
 
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput
+from clod.models.outputs import HeadOutput
 from clod.models.targets import Targets, pad_targets
 from clod.strategies.base import Step, Strategy
 from clod.strategies.erd import (
@@ -131,9 +131,7 @@ def test_nms_at_0005_keeps_one_box_per_object_and_class() -> None:
     def kept(nms_iou: float, reference: bool = False) -> set[tuple[int, int]]:
         scores = teacher_scores(teacher)
         return pairs(
-            regression_selection(
-                head, teacher.box_logits, scores, (SIDE, SIDE), 2.0, nms_iou, reference
-            )
+            regression_selection(head, teacher, scores, (SIDE, SIDE), 2.0, nms_iou, reference)
         )
 
     assert kept(0.005) == {(0, A), (0, C), (1, A), (1, D), (1, C)}
@@ -150,7 +148,9 @@ def test_box_kl_term_equals_the_hand_computed_value() -> None:
     # 3.125·ln(4/3) ≈ 0.8990. A second prior with equal logits contributes 0.
     student = torch.tensor([[10 * math.log(3), 0.0] * 4, [1.0, 2.0] * 4])
     teacher = torch.tensor([[0.0, 0.0] * 4, [1.0, 2.0] * 4])
-    value = box_distillation_per_prior(student, teacher, torch.tensor([0.5, 0.9]), 10.0, 0.25)
+    value = box_distillation_per_prior(
+        tiny_head(), student, teacher, torch.tensor([0.5, 0.9]), 10.0, 0.25
+    )
     torch.testing.assert_close(value, torch.tensor([3.125 * math.log(4 / 3), 0.0]))
 
 
@@ -186,7 +186,15 @@ def test_box_term_sums_over_kept_priors_and_reduces_over_images() -> None:
 
     def term(reduction: str) -> torch.Tensor:
         return box_distillation(
-            student_cls, student_box, teacher_box, kept, OLD, 10.0, 0.25, reduction
+            tiny_head(),
+            student_cls.sigmoid(),
+            student_box,
+            teacher_box,
+            kept,
+            OLD,
+            10.0,
+            0.25,
+            reduction,
         )
 
     assert term("reference_sum").item() == pytest.approx(2 * one)  # per image: a sum, not /|K|
@@ -205,7 +213,13 @@ def test_every_term_is_an_attached_zero_when_nothing_is_selected() -> None:
     terms = {
         "cls": class_distillation(student.cls_logits, student.cls_logits.detach(), empty, OLD),
         "reg": box_distillation(
-            student.cls_logits, student.box_logits, student.box_logits.detach(), empty, OLD, 10.0
+            tiny_head(),
+            student.cls_logits.sigmoid(),
+            student.box_logits,
+            student.box_logits.detach(),
+            empty,
+            OLD,
+            10.0,
         ),
     }
     # Through the strategy: a teacher with equal outputs everywhere (std 0) selects nothing.

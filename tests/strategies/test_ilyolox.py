@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from clod.data.types import Batch
 from clod.errors import ConfigError
 from clod.models.boxes import pairwise_iou
-from clod.models.head import HeadOutput
+from clod.models.outputs import HeadOutput
 from clod.models.targets import Assigned, Targets
 from clod.strategies import ilyolox_parts
 from clod.strategies.base import Step, TrainingModule

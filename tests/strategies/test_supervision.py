@@ -8,7 +8,7 @@ import torch
 
 from clod.data.types import Batch
 from clod.errors import ConfigError
-from clod.models.head import HeadOutput
+from clod.models.outputs import HeadOutput
 from clod.strategies.base import Supervision
 from clod.strategies.pseudo_label import PseudoLabel, select_detections
 from clod.strategies.supervision import supervised_detection_loss
