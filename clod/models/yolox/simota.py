@@ -194,8 +194,10 @@ def simota_assign(
     # over all the image's real GTs, which may be a GT that did not take it (docs/yolox.md §4.3).
     num_takers = taken.sum(dim=1)  # (B, N)
     positive = num_takers > 0
-    only_taker = cost.masked_fill(~taken, float("inf")).argmin(dim=1)
-    gt_index = torch.where(num_takers > 1, cost.argmin(dim=1), only_taker)
+    # min(dim=1).indices, not argmin(dim=1): the same first index of the minimum, but
+    # argmin over a middle axis takes a slow path (8x slower at B=16, G=6, N=3549).
+    only_taker = cost.masked_fill(~taken, float("inf")).min(dim=1).indices
+    gt_index = torch.where(num_takers > 1, cost.min(dim=1).indices, only_taker)
     gt_index = torch.where(positive, gt_index, 0)
     iou = torch.where(positive, ious.gather(1, gt_index[:, None, :]).squeeze(1), 0.0)
     return Assignment(positive=positive, gt_index=gt_index, iou=iou)
