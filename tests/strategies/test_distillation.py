@@ -25,6 +25,8 @@ from tests.strategies.conftest import (
 TASK0 = make_task(0, [0, 1])
 TASK1 = make_task(1, [2])  # old classes 0 and 1; class 3 is a future class
 DISTILLERS = ["lwf", "sid", "latent", "erd", "ilyolox", "ilyolox_shipped", "pseudo_label"]
+# The mechanisms every teacher strategy shares hold on both head families.
+FAMILIES = ["nanodet_tiny", "yolox_nano"]
 
 
 # --------------------------------------------------------------------------- the terms
@@ -51,9 +53,10 @@ def test_feature_term_sums_the_dense_mse_of_every_level() -> None:
 
 
 # --------------------------------------------------------------------------- task 0
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", DISTILLERS)
-def test_task_zero_is_plain_training(name: str) -> None:
-    module = make_module(build_model(), build_strategy(name), TASK0)
+def test_task_zero_is_plain_training(name: str, family: str) -> None:
+    module = make_module(build_model(family), build_strategy(name), TASK0)
     assert module.teacher is None and not module.backbone_frozen
     total, terms = module.training_losses(batch())
     assert not any(k.startswith("distill") for k in terms)
@@ -170,11 +173,12 @@ def test_latent_runs_the_backbone_once_per_step() -> None:
     assert all(p.grad is None for p in module.backbone.parameters())
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", DISTILLERS)
-def test_the_teacher_runs_once_per_step_whatever_its_terms_read(name: str) -> None:
+def test_the_teacher_runs_once_per_step_whatever_its_terms_read(name: str, family: str) -> None:
     # erd, ilyolox and pseudo_label read the teacher in the supervision and in the terms:
     # both must share one teacher pass (Step.teacher).
-    module = make_module(build_model(), build_strategy(name), TASK1)
+    module = make_module(build_model(family), build_strategy(name), TASK1)
     calls = {"teacher_head": 0, "student_head": 0}
     module.teacher.head.register_forward_hook(
         lambda *_: calls.__setitem__("teacher_head", calls["teacher_head"] + 1)
@@ -206,9 +210,12 @@ def frozen_parts(module) -> dict[str, torch.nn.Module]:
     return parts
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", DISTILLERS)
-def test_one_step_leaves_teacher_and_frozen_backbone_bn_statistics_unchanged(name: str) -> None:
-    module = make_module(build_model(), build_strategy(name), TASK1)
+def test_one_step_leaves_teacher_and_frozen_backbone_bn_statistics_unchanged(
+    name: str, family: str
+) -> None:
+    module = make_module(build_model(family), build_strategy(name), TASK1)
     parts = frozen_parts(module)
     before = {part: snapshot(m) for part, m in parts.items()}
     student_before = snapshot(module.student)
@@ -228,9 +235,10 @@ def test_one_step_leaves_teacher_and_frozen_backbone_bn_statistics_unchanged(nam
     assert any("running_mean" in k for k in changed) and any("weight" in k for k in changed)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", DISTILLERS)
-def test_reference_bn_option_lets_frozen_statistics_drift(name: str) -> None:
-    module = make_module(build_model(), build_strategy(name, frozen_bn="train"), TASK1)
+def test_reference_bn_option_lets_frozen_statistics_drift(name: str, family: str) -> None:
+    module = make_module(build_model(family), build_strategy(name, frozen_bn="train"), TASK1)
     parts = frozen_parts(module)
     before = {part: snapshot(m) for part, m in parts.items()}
     module.train()
@@ -245,12 +253,13 @@ def test_reference_bn_option_lets_frozen_statistics_drift(name: str) -> None:
 
 
 # --------------------------------------------------------------------------- a whole task
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", DISTILLERS)
 def test_after_a_task_teacher_and_frozen_backbone_are_bit_identical_and_the_student_moved(
-    name: str, tmp_path
+    name: str, family: str, tmp_path
 ) -> None:
     torch.manual_seed(0)
-    module = make_module(build_model(), build_strategy(name), TASK1)
+    module = make_module(build_model(family), build_strategy(name), TASK1)
     parts = frozen_parts(module)
     before = {part: snapshot(m) for part, m in parts.items()}
     student_before = snapshot(module.student)
