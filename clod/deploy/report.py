@@ -29,6 +29,7 @@ from clod.deploy.runtime import OnnxDetector
 from clod.deploy.table import markdown_table
 from clod.engine.evaluation import LoadedCheckpoint, evaluate_detector, evaluate_predictions
 from clod.errors import ConfigError
+from clod.models.head import NanoDetPlusHead
 from clod.models.runtime import tune_cpu_runtime
 from clod.utils.io import write_json, write_text
 
@@ -144,6 +145,12 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export, quantise, evaluate and time one task checkpoint; write files and the report."""
     run, detector, checkpoint, model_cfg = loaded
+    if options.postprocess == "graph" and not isinstance(detector.head, NanoDetPlusHead):
+        raise ConfigError(
+            f"postprocess=graph builds NanoDet-Plus's box-bin decoding into the graph; a "
+            f"{type(detector.head).__name__} exports with postprocess=none (clod.evaluate "
+            "decodes its raw output)"
+        )
     data_cfg, eval_cfg = run.cfg["data"], run.cfg["eval"]
     width, height = (int(v) for v in data_cfg["input_size"])
     classes = run.classes("seen")
