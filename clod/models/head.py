@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from clod.models.assigner import assign, check_multi_match
-from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box, to_original
+from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box
 from clod.models.layers import DWConvModule
 from clod.models.losses import (
     DFL_WEIGHT,
@@ -31,10 +31,10 @@ from clod.models.losses import (
     giou_loss,
     quality_focal_loss,
 )
-from clod.models.nms import batched_nms
+from clod.models.nms import nms_detections
 from clod.models.outputs import HeadOutput
 from clod.models.priors import Priors, make_priors
-from clod.models.targets import Assigned, Targets, pad_targets
+from clod.models.targets import Assigned, Targets, check_labels, pad_targets
 
 PRIOR_PROB = 0.01
 # log(0.01 / 0.99) rounded as upstream rounds it (docs/detector.md §5), so every class starts at σ ≈ 0.01.
@@ -262,11 +262,7 @@ class NanoDetPlusHead(nn.Module):
     ) -> Assigned:
         """Which prior learns which target: :func:`assign` on the detached predictions."""
         priors = self._check_raw(raw, input_size)
-        valid = targets.valid
-        if valid.any() and int(targets.labels[valid].max()) >= self.num_classes:
-            raise ValueError(
-                f"a GT label is >= num_classes={self.num_classes}; allocate every class of the scenario"
-            )
+        check_labels(targets, self.num_classes)
         raw = raw.detach()
         assignment = assign(
             raw[..., : self.num_classes],
@@ -274,7 +270,7 @@ class NanoDetPlusHead(nn.Module):
             priors.centres,
             targets.boxes,
             targets.labels,
-            valid,
+            targets.valid,
             **self.assigner_cfg,
         )
         return Assigned(targets, assignment.positive, assignment.gt_index, assignment.iou)
@@ -402,21 +398,18 @@ class NanoDetPlusHead(nn.Module):
         boxes = clip_boxes(self.decode_boxes(raw, priors), height, width)
         results: list[dict[str, torch.Tensor]] = []
         for image in range(raw.shape[0]):
+            # Every (prior, class) pair above the threshold is a candidate (multi-label).
             prior_idx, class_idx = (scores[image] > score_thr).nonzero(as_tuple=True)
-            cand_boxes = boxes[image, prior_idx]
-            cand_scores = scores[image, prior_idx, class_idx]
-            keep = batched_nms(cand_boxes, cand_scores, class_idx, nms_iou, max_keep=max_det)
-            det_boxes = cand_boxes[keep]
-            if warps is not None:
-                det_boxes = to_original(
-                    det_boxes, warps[image], None if orig_sizes is None else orig_sizes[image]
-                )
             results.append(
-                {
-                    "boxes": det_boxes.float(),
-                    "scores": cand_scores[keep].float(),
-                    "labels": class_idx[keep].long(),
-                }
+                nms_detections(
+                    boxes[image, prior_idx],
+                    scores[image, prior_idx, class_idx],
+                    class_idx,
+                    nms_iou,
+                    max_det,
+                    None if warps is None else warps[image],
+                    None if orig_sizes is None else orig_sizes[image],
+                )
             )
         return results
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from clod.models.boxes import box_area, pairwise_iou
+from clod.models.boxes import box_area, pairwise_iou, to_original
 
 DEFAULT_BLOCK = 1024
 
@@ -161,3 +161,25 @@ def aligned_iou_plain(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tenso
     inter = wh[:, 0] * wh[:, 1]
     union = box_area(boxes1) + box_area(boxes2) - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+
+
+def nms_detections(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    nms_iou: float,
+    max_det: int,
+    warp: torch.Tensor | None = None,
+    orig_size: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """One image's candidates after class-aware NMS, best first, at most ``max_det``, boxes
+    mapped back through ``warp`` (original→input) and clipped to ``orig_size`` if given."""
+    keep = batched_nms(boxes, scores, labels, nms_iou, max_keep=max_det)
+    kept_boxes = boxes[keep]
+    if warp is not None:
+        kept_boxes = to_original(kept_boxes, warp, orig_size)
+    return {
+        "boxes": kept_boxes.float(),
+        "scores": scores[keep].float(),
+        "labels": labels[keep].long(),
+    }

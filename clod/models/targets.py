@@ -73,6 +73,16 @@ def pad_targets(
     return Targets(gt_boxes, gt_labels, valid, extra, extra_id)
 
 
+def check_labels(targets: Targets, num_classes: int) -> None:
+    """``ValueError`` if a real target's label has no class channel in a head of
+    ``num_classes``."""
+    valid = targets.valid
+    if valid.any() and int(targets.labels[valid].max()) >= num_classes:
+        raise ValueError(
+            f"a GT label is >= num_classes={num_classes}; allocate every class of the scenario"
+        )
+
+
 def merge_targets(first: Targets, second: Targets) -> Targets:
     """Both target sets of each image, ``first``'s before ``second``'s (concatenated on G).
 

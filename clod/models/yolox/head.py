@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from clod.models.outputs import HeadOutput
-from clod.models.targets import Assigned, Targets, pad_targets
+from clod.models.targets import Assigned, Targets, check_labels, pad_targets
 from clod.models.yolox.blocks import BaseConv, make_conv, set_yolox_batchnorm
 from clod.models.yolox.losses import yolox_losses
 from clod.models.yolox.postprocess import detections
@@ -292,11 +292,7 @@ class YOLOXHead(nn.Module):
     ) -> Assigned:
         """SimOTA (``assigner.version``) on the detached predictions, the whole batch at once."""
         priors = self._check_raw(raw, input_size)
-        valid = targets.valid
-        if valid.any() and int(targets.labels[valid].max()) >= self.num_classes:
-            raise ValueError(
-                f"a GT label is >= num_classes={self.num_classes}; allocate every class of the scenario"
-            )
+        check_labels(targets, self.num_classes)
         raw = raw.detach()
         assignment = simota_assign(
             raw[..., CLS_OFFSET:],
@@ -306,7 +302,7 @@ class YOLOXHead(nn.Module):
             priors.strides,
             targets.boxes,
             targets.labels,
-            valid,
+            targets.valid,
             version=self.assigner_cfg["version"],
         )
         return Assigned(targets, assignment.positive, assignment.gt_index, assignment.iou)

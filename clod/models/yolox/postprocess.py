@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from clod.models.boxes import to_original
-from clod.models.nms import batched_nms
+from clod.models.nms import nms_detections
 
 
 def detections(
@@ -33,21 +32,16 @@ def detections(
     scores = obj_logits.sigmoid() * best
     results: list[dict[str, torch.Tensor]] = []
     for image in range(boxes.shape[0]):
-        prior_idx = (scores[image] >= score_thr).nonzero().squeeze(1)
-        cand_boxes = boxes[image, prior_idx]
-        cand_scores = scores[image, prior_idx]
-        cand_labels = label[image, prior_idx]
-        keep = batched_nms(cand_boxes, cand_scores, cand_labels, nms_iou, max_keep=max_det)
-        det_boxes = cand_boxes[keep]
-        if warps is not None:
-            det_boxes = to_original(
-                det_boxes, warps[image], None if orig_sizes is None else orig_sizes[image]
-            )
+        prior_idx = (scores[image] >= score_thr).nonzero().squeeze(1)  # ≥, as upstream
         results.append(
-            {
-                "boxes": det_boxes.float(),
-                "scores": cand_scores[keep].float(),
-                "labels": cand_labels[keep].long(),
-            }
+            nms_detections(
+                boxes[image, prior_idx],
+                scores[image, prior_idx],
+                label[image, prior_idx],
+                nms_iou,
+                max_det,
+                None if warps is None else warps[image],
+                None if orig_sizes is None else orig_sizes[image],
+            )
         )
     return results
