@@ -14,7 +14,7 @@ from clod.models.targets import pad_targets
 from clod.models.yolox.head import CLS_OFFSET, OBJ_CHANNEL, YOLOXHead
 from clod.models.yolox.losses import yolox_losses
 from tests.models.helpers import build_model
-from tests.models.test_overfit import CLASSES, SCENES, evaluate, paint_scene
+from tests.models.test_overfit import CLASSES, SCENES, overfit, paint_scene
 
 SIDE = 64  # priors: 8×8 + 4×4 + 2×2 = 84
 
@@ -176,19 +176,6 @@ def test_yolox_nano_overfits_a_few_synthetic_images() -> None:
     torch.manual_seed(0)
     images, boxes, labels = raw_pixel_batch()
     model = build_model("yolox_nano", num_classes=len(CLASSES))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    first_loss = None
-    score = 0.0
-    for step in range(1, 501):
-        optimizer.zero_grad(set_to_none=True)
-        loss = model.loss(images, boxes, labels)["loss"]
-        loss.backward()
-        optimizer.step()
-        if first_loss is None:
-            first_loss = float(loss.detach())
-        if step % 25 == 0:
-            score = evaluate(model, images, boxes, labels)
-            if score > 0.9:
-                break
-    assert float(loss.detach()) < 0.3 * first_loss
+    first_loss, loss, score, step = overfit(model, images, boxes, labels, 500, 25)
+    assert loss < 0.3 * first_loss
     assert score > 0.9, f"mAP50 {score:.3f} after {step} steps"
