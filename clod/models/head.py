@@ -19,6 +19,7 @@ from torch import nn
 
 from clod.models.assigner import assign, check_multi_match
 from clod.models.boxes import box_to_distance, clip_boxes, distance_to_box
+from clod.models.head_base import HeadBase
 from clod.models.layers import DWConvModule
 from clod.models.losses import (
     DFL_WEIGHT,
@@ -34,7 +35,7 @@ from clod.models.losses import (
 from clod.models.nms import nms_detections
 from clod.models.outputs import HeadOutput
 from clod.models.priors import Priors, make_priors
-from clod.models.targets import Assigned, Targets, check_labels, pad_targets
+from clod.models.targets import Assigned, Targets, check_labels
 
 PRIOR_PROB = 0.01
 # log(0.01 / 0.99) rounded as upstream rounds it (docs/detector.md §5), so every class starts at σ ≈ 0.01.
@@ -71,7 +72,7 @@ def expand_class_rows(
     return new_weight, new_bias
 
 
-class NanoDetPlusHead(nn.Module):
+class NanoDetPlusHead(HeadBase):
     """Per-level towers of depthwise-separable convs and one 1×1 output conv per level.
 
     Args:
@@ -175,17 +176,6 @@ class NanoDetPlusHead(nn.Module):
         distances = self.decode_distances(raw[..., self.num_classes :], priors.strides)
         return distance_to_box(priors.centres, distances)
 
-    def _check_raw(self, raw: torch.Tensor, input_size: tuple[int, int]) -> Priors:
-        if raw.shape[-1] != self.num_outputs:
-            raise ValueError(f"raw has {raw.shape[-1]} channels, head expects {self.num_outputs}")
-        priors = self.priors(input_size, raw.device, raw.dtype)
-        if raw.shape[-2] != priors.centres.shape[0]:
-            raise ValueError(
-                f"raw has {raw.shape[-2]} priors but input_size {tuple(input_size)} (H, W) "
-                f"gives {priors.centres.shape[0]}"
-            )
-        return priors
-
     def boxes(self, output: HeadOutput, input_size: tuple[int, int]) -> torch.Tensor:
         """Decoded (unclamped) boxes B×N×4 of every prior, in input pixels."""
         priors = self._check_raw(output.raw, input_size)
@@ -210,9 +200,6 @@ class NanoDetPlusHead(nn.Module):
         distances = self.decode_distances(box_logits, torch.ones_like(priors.strides[prior]))
         return distance_to_box(priors.centres[prior], distances)
 
-    def num_priors(self, input_size: tuple[int, int]) -> int:
-        return int(self.priors(input_size, "cpu", torch.float32).strides.numel())
-
     def scores(self, output: HeadOutput) -> torch.Tensor:
         """Per-class confidence B×N×C: σ of the class logits (QFL's IoU-aware score)."""
         return output.cls_logits.sigmoid()
@@ -233,29 +220,6 @@ class NanoDetPlusHead(nn.Module):
         return box_bin_kl(student_box, teacher_box, temperature)
 
     # ------------------------------------------------------------------ loss
-    def loss(
-        self,
-        raw: torch.Tensor,
-        boxes: Sequence[torch.Tensor],
-        labels: Sequence[torch.Tensor],
-        input_size: tuple[int, int],
-        class_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """QFL + 2·GIoU + 0.25·DFL on annotated boxes (docs/detector.md §6–§7).
-
-        Args:
-            raw: B×N×(C+32) head output.
-            boxes: per image (n_i, 4) xyxy GT boxes in input pixels.
-            labels: per image (n_i,) int64 global labels (< C).
-            input_size: (height, width) of the padded input.
-            class_mask: optional bool (C,), see :meth:`loss_from_assignment`.
-        Returns:
-            ``loss`` (total), ``loss_qfl``, ``loss_bbox`` (weighted GIoU), ``loss_dfl``.
-        """
-        targets = pad_targets(boxes, labels, raw.device, raw.dtype)
-        assigned = self.assign_targets(raw, targets, input_size)
-        return self.loss_from_assignment(raw, assigned, input_size, class_mask=class_mask)
-
     @torch.no_grad()
     def assign_targets(
         self, raw: torch.Tensor, targets: Targets, input_size: tuple[int, int]

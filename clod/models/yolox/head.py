@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from clod.models.head_base import HeadBase
 from clod.models.outputs import HeadOutput
-from clod.models.targets import Assigned, Targets, check_labels, pad_targets
+from clod.models.targets import Assigned, Targets, check_labels
 from clod.models.yolox.blocks import BaseConv, make_conv, set_yolox_batchnorm
 from clod.models.yolox.losses import yolox_losses
 from clod.models.yolox.postprocess import detections
@@ -48,7 +49,7 @@ class GridPriors(NamedTuple):
     strides: torch.Tensor  # (N,)
 
 
-class YOLOXHead(nn.Module):
+class YOLOXHead(HeadBase):
     """Per level: 1×1 stem, then a cls branch and a reg branch of two 3×3 convs each.
 
     The cls branch feeds ``cls_preds`` (C channels); the reg branch feeds ``reg_preds``
@@ -216,20 +217,6 @@ class YOLOXHead(nn.Module):
         size = boxes[..., 2:] - boxes[..., :2]
         return torch.cat((centre / s - grid, torch.log(size / s + L1_EPS)), dim=-1)
 
-    def _check_raw(self, raw: torch.Tensor, input_size: tuple[int, int]) -> GridPriors:
-        if raw.shape[-1] != self.num_outputs:
-            raise ValueError(f"raw has {raw.shape[-1]} channels, head expects {self.num_outputs}")
-        priors = self.priors(input_size, raw.device, raw.dtype)
-        if raw.shape[-2] != priors.strides.shape[0]:
-            raise ValueError(
-                f"raw has {raw.shape[-2]} priors but input_size {tuple(input_size)} (H, W) "
-                f"gives {priors.strides.shape[0]}"
-            )
-        return priors
-
-    def num_priors(self, input_size: tuple[int, int]) -> int:
-        return int(self.priors(input_size, "cpu", torch.float32).strides.numel())
-
     def boxes(self, output: HeadOutput, input_size: tuple[int, int]) -> torch.Tensor:
         """Decoded (unclipped) boxes B×N×4 of every prior, xyxy in input pixels."""
         priors = self._check_raw(output.raw, input_size)
@@ -270,22 +257,6 @@ class YOLOXHead(nn.Module):
         return (student_box - teacher_box).abs().sum(dim=-1)
 
     # ------------------------------------------------------------------ loss
-    def loss(
-        self,
-        raw: torch.Tensor,
-        boxes: Sequence[torch.Tensor],
-        labels: Sequence[torch.Tensor],
-        input_size: tuple[int, int],
-        class_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """5·(1 − IoU²) + obj BCE + cls BCE (+ L1) on annotated boxes (docs/yolox.md §5).
-
-        Args as :meth:`clod.models.head.NanoDetPlusHead.loss`.
-        """
-        targets = pad_targets(boxes, labels, raw.device, raw.dtype)
-        assigned = self.assign_targets(raw, targets, input_size)
-        return self.loss_from_assignment(raw, assigned, input_size, class_mask=class_mask)
-
     @torch.no_grad()
     def assign_targets(
         self, raw: torch.Tensor, targets: Targets, input_size: tuple[int, int]
