@@ -20,6 +20,9 @@ How the numbers are taken (the code is in :mod:`clod.benchmarking`):
 * Inference is timed on the BN-folded copy (:meth:`Detector.fused`), which does the same
   convolutions with fewer memory passes; it covers the network forward (the raw head
   output), not score thresholding and NMS.
+* On the CPU the exported float32 graph (what ``clod.export`` writes) is timed in
+  onnxruntime as well, against the same reference: the ``onnx_infer_*`` figures
+  (:mod:`clod.benchmarking.onnx_inference`; ``onnx_inference=false`` skips it).
 * One matmul sample (fp32 on the CPU) is taken right before every timed step, and each
   fraction divides the median achieved FLOP/s by the median matmul FLOP/s of the same
   window (:mod:`clod.benchmarking.timing`).

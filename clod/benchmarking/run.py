@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from clod.benchmarking.device import autocast_dtype, bench_device
 from clod.benchmarking.inputs import rendered_batch, synthetic_batch, to_memory_format
+from clod.benchmarking.onnx_inference import bench_onnx_inference, wants_onnx_inference
 from clod.benchmarking.rows import bench_inference, bench_strategy, strategy_rows
 from clod.benchmarking.timing import MatmulProbe, onednn_conv_flops_per_second
 from clod.errors import ConfigError
@@ -59,6 +60,15 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
     # Inference first: the allocator keeps freed memory (keep_freed_memory), so a phase's
     # peak RSS includes the footprint of the phases before it.
     inference = bench_inference(detector, batch, cfg, probe)
+    if wants_onnx_inference(cfg.get("onnx_inference", "auto"), device):
+        inference |= bench_onnx_inference(
+            detector,
+            batch,
+            cfg,
+            probe,
+            inference["flops_forward_per_image"],
+            torch.get_num_threads(),
+        )
     rows = [
         bench_strategy(name, strategy_cfg, detector, batch, cfg, probe)
         for name, strategy_cfg in strategy_rows(cfg)
@@ -92,7 +102,8 @@ def run_benchmark(cfg: DictConfig) -> dict[str, Any]:
             for key in ("train_flops_per_image", "train_images_per_s", "train_peak_fraction")
         },
         "peak_rss_mb": max(
-            [inference["infer_peak_rss_mb"]] + [row["train_peak_rss_mb"] for row in rows]
+            [inference["infer_peak_rss_mb"], inference.get("onnx_infer_peak_rss_mb", 0.0)]
+            + [row["train_peak_rss_mb"] for row in rows]
         ),
         "rows": rows,
     }

@@ -9,6 +9,7 @@ import torch
 
 from clod import bench
 from clod.benchmarking.inputs import rendered_batch
+from clod.benchmarking.onnx_inference import wants_onnx_inference
 from clod.errors import ConfigError
 from clod.models.detector import build_detector
 from clod.models.runtime import keep_freed_memory, physical_core_count
@@ -78,7 +79,30 @@ def test_bench_prints_one_json_object(capsys: pytest.CaptureFixture[str]) -> Non
         rel=1e-3,
     )
     assert result["train_peak_fraction"] == row["train_peak_fraction"]
+    # the exported graph in onnxruntime, against the same reference (on by default on the CPU)
+    assert result["onnx_infer_images_per_s"] > 0 and result["onnx_export_s"] > 0
+    assert result["onnx_infer_peak_fraction"] == pytest.approx(
+        result["flops_forward_per_image"]
+        * result["onnx_infer_images_per_s"]
+        / result["onnx_infer_matmul_flops_per_s"],
+        rel=1e-3,
+    )
     assert result["peak_rss_mb"] > 0 and result["matmul_flops_per_s"] > 0
+
+
+def test_onnx_inference_choice() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert wants_onnx_inference("auto", cpu) and not wants_onnx_inference("auto", cuda)
+    assert wants_onnx_inference(True, cpu) and not wants_onnx_inference(False, cpu)
+    with pytest.raises(ConfigError, match="needs hardware=cpu"):
+        wants_onnx_inference(True, cuda)
+    with pytest.raises(ConfigError, match="onnx_inference must be auto, true or false"):
+        wants_onnx_inference("maybe", cpu)
+    result = bench.main(
+        ["model=nanodet_tiny", "batch_size=2", "input_size=[64,64]", "num_classes=2",
+         "warmup=0", "steps=1", "matmul_size=64", "threads=1", "onnx_inference=false"]
+    )  # fmt: skip
+    assert not any(key.startswith("onnx_") for key in result)
 
 
 def test_strategy_selection() -> None:
