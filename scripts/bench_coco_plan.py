@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -119,8 +120,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         root = args.root or Path(scratch) / "coco"
         start = time.perf_counter()
         val_boxes = round(args.boxes * args.val_images / args.train_images)
-        write_split(root, "train", args.train_images, args.boxes, seed=0)
-        write_split(root, "val", args.val_images, val_boxes, seed=1)
+        # In a child process: the timed commands are forked from this one, and a forked
+        # child's peak RSS counts the parent's pages until it execs, so this one stays small.
+        spawn = multiprocessing.get_context("spawn")
+        for split, images, boxes, seed in (
+            ("train", args.train_images, args.boxes, 0),
+            ("val", args.val_images, val_boxes, 1),
+        ):
+            writer = spawn.Process(target=write_split, args=(root, split, images, boxes, seed))
+            writer.start()
+            writer.join()
+            if writer.exitcode != 0:
+                raise SystemExit(f"writing the {split} split failed ({writer.exitcode})")
         generate_s = time.perf_counter() - start
         startup = median_run([sys.executable, "-c", "import clod.train"], args.rounds)
         plan = median_run(

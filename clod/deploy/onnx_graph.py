@@ -42,6 +42,11 @@ class RawOutput(nn.Module):
         return self.detector(images).raw
 
 
+def output_conv_paths(detector: Detector) -> tuple[str, ...]:
+    """The head's output convolutions as paths in :class:`RawOutput` (``detector.head.…``)."""
+    return tuple(f"detector.head.{name}" for name in detector.head.output_conv_names())
+
+
 def export_module(
     module: nn.Module,
     example: torch.Tensor,

@@ -50,17 +50,15 @@ class ImageBatches(CalibrationDataReader):
         return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
 
 
-def output_conv_names(proto: onnx.ModelProto, num_outputs: int) -> list[str]:
-    """Names of the head's output convolutions: 1×1 convs with ``num_outputs`` filters."""
-    shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
-    names = []
-    for node in proto.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2:
-            continue
-        shape = shapes.get(node.input[1], ())
-        if len(shape) == 4 and shape[0] == num_outputs and shape[2:] == (1, 1):
-            names.append(node.name)
-    return names
+def output_conv_names(proto: onnx.ModelProto, module_names: Sequence[str]) -> list[str]:
+    """Names of the Conv nodes the exporter made from the modules ``module_names`` (their
+    paths in the exported module, e.g. ``detector.head.gfl_cls.0``)."""
+    scopes = tuple("/" + name.replace(".", "/", 2) + "/" for name in module_names)
+    return [
+        node.name
+        for node in proto.graph.node
+        if node.op_type == "Conv" and node.name.startswith(scopes)
+    ]
 
 
 def quantize_int8(
@@ -68,12 +66,14 @@ def quantize_int8(
     batches: Iterable[np.ndarray],
     method: str = "minmax",
     keep_float: str = "none",
-    num_outputs: int | None = None,
+    output_convs: Sequence[str] = (),
 ) -> tuple[onnx.ModelProto, dict[str, object]]:
     """The int8 QDQ model of ``float_model`` calibrated on ``batches``, and what was done.
 
-    ``keep_float="output"`` leaves the head's output convolutions (``num_outputs`` filters)
-    in float32, for models whose boxes or scores suffer from int8 there.
+    ``keep_float="output"`` leaves the head's output convolutions in float32 (the modules
+    ``output_convs``, paths in the exported module:
+    :func:`clod.deploy.onnx_graph.output_conv_paths`), for models
+    whose boxes or scores suffer from int8 there.
     """
     if method not in CALIBRATION_METHODS:
         raise ConfigError(
@@ -91,9 +91,12 @@ def quantize_int8(
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         excluded: Sequence[str] = ()
         if keep_float == "output":
-            if num_outputs is None:
-                raise ValueError("keep_float='output' needs num_outputs")
-            excluded = output_conv_names(onnx.load(str(prepared)), num_outputs)
+            excluded = output_conv_names(onnx.load(str(prepared)), output_convs)
+            if len(excluded) != len(output_convs):
+                raise ValueError(
+                    f"int8.keep_float=output: found {len(excluded)} of the "
+                    f"{len(output_convs)} output convolutions {list(output_convs)} in the graph"
+                )
         quantize_static(
             str(prepared),
             str(target),

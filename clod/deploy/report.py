@@ -22,7 +22,7 @@ import torch
 
 from clod.data.loaders import eval_loader
 from clod.deploy.memory import peak_activation_bytes, weight_bytes
-from clod.deploy.onnx_graph import compact, save_model, set_metadata, to_onnx
+from clod.deploy.onnx_graph import compact, output_conv_paths, save_model, set_metadata, to_onnx
 from clod.deploy.postprocess import with_postprocess
 from clod.deploy.quantize import quantize_int8
 from clod.deploy.runtime import OnnxDetector
@@ -193,7 +193,7 @@ def export_checkpoint(
             (b.numpy() for b in calibration),
             options.calibration,
             options.keep_float,
-            detector.head.num_outputs,
+            output_conv_paths(detector),
         )
         report["int8"] = how
         protos["onnx_int8"] = int8_proto

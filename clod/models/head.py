@@ -89,6 +89,8 @@ class NanoDetPlusHead(HeadBase):
             from the model config's ``head.assigner``; unset keys keep the upstream defaults.
     """
 
+    OUTPUT_CONVS = ("gfl_cls",)
+
     def __init__(
         self,
         num_classes: int,

@@ -20,6 +20,17 @@ class HeadBase(nn.Module):
     """Shared methods of the detection heads (NanoDet-Plus, YOLOX)."""
 
     num_outputs: int
+    # The attributes (nn.ModuleList, one conv per level) whose convolutions write ``raw``.
+    OUTPUT_CONVS: tuple[str, ...] = ()
+
+    def output_conv_names(self) -> tuple[str, ...]:
+        """Module names, inside the head, of the convolutions that write ``raw`` (what
+        ``clod.export``'s ``int8.keep_float=output`` leaves in float32)."""
+        return tuple(
+            f"{attr}.{level}"
+            for attr in self.OUTPUT_CONVS
+            for level in range(len(getattr(self, attr)))
+        )
 
     def priors(self, input_size: tuple[int, int], device: Any, dtype: torch.dtype) -> Any:
         raise NotImplementedError

@@ -34,6 +34,10 @@ class DetectionHead(Protocol):
         """Channels of ``raw`` per prior."""
         ...
 
+    def output_conv_names(self) -> tuple[str, ...]:
+        """Module names, inside the head, of the convolutions that write ``raw``."""
+        ...
+
     def num_priors(self, input_size: tuple[int, int]) -> int:
         """N, the priors of an input of this size."""
         ...

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from clod.deploy.onnx_graph import to_onnx
+from clod.deploy.onnx_graph import output_conv_paths, to_onnx
 from clod.deploy.runtime import OnnxDetector
 from clod.engine.evaluation import load_run_checkpoint
 from tests.deploy.conftest import clod_command
@@ -123,7 +123,7 @@ def test_keep_float_leaves_the_output_convs_in_float(trained_run: Path) -> None:
     proto = to_onnx(detector, (128, 128))
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((2, 3, 128, 128), dtype=np.float32) for _ in range(2)]
-    quantized, how = quantize_int8(proto, batches, "minmax", "output", detector.head.num_outputs)
+    quantized, how = quantize_int8(proto, batches, "minmax", "output", output_conv_paths(detector))
     assert how["float_nodes"] == len(detector.head.gfl_cls) == 4
     float_weights = {
         i.name

@@ -57,3 +57,38 @@ def test_yolox_exports_scores_and_refuses_the_graph_nms(yolox_run: Path, data_di
     )
     assert refused.returncode == 2
     assert "postprocess=graph" in refused.stderr and "YOLOXHead" in refused.stderr
+
+
+def test_keep_float_leaves_yolox_s_nine_output_convs_in_float() -> None:
+    """YOLOX writes ``raw`` with three convs per level (box, objectness, classes); with
+    20 classes none of them has the width of the whole output, which is how they are found
+    by name, not by shape."""
+    import numpy as np
+    import onnx
+    import torch
+
+    from clod.deploy.onnx_graph import output_conv_paths, to_onnx
+    from clod.deploy.quantize import quantize_int8
+    from clod.models.detector import build_detector
+    from tests.test_config import compose_train
+
+    cfg = compose_train(["model=yolox_nano", "model.num_classes=20"])
+    torch.manual_seed(0)
+    detector = build_detector(cfg.model).eval()
+    paths = output_conv_paths(detector)
+    assert paths[:2] == ("detector.head.reg_preds.0", "detector.head.reg_preds.1")
+    assert len(paths) == 9
+    proto = to_onnx(detector, (64, 64))
+    batches = [np.random.default_rng(0).uniform(0, 255, (2, 3, 64, 64)).astype(np.float32)]
+    quantized, how = quantize_int8(proto, batches, "minmax", "output", paths)
+    assert how["float_nodes"] == 9
+    float_filters = {
+        i.name: int(i.dims[0])
+        for i in quantized.graph.initializer
+        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4
+    }
+    kept = [float_filters[n.input[1]] for n in quantized.graph.node
+            if n.op_type == "Conv" and n.input[1] in float_filters]  # fmt: skip
+    assert sorted(kept) == [1, 1, 1, 4, 4, 4, 20, 20, 20]  # obj, box, classes at 3 levels
+    with pytest.raises(ValueError, match="found 0 of the 1 output convolutions"):
+        quantize_int8(proto, batches, "minmax", "output", ("detector.head.no_such_conv",))

@@ -68,6 +68,8 @@ class YOLOXHead(HeadBase):
             last, no-augmentation epochs; docs/yolox.md §5).
     """
 
+    OUTPUT_CONVS = ("reg_preds", "obj_preds", "cls_preds")
+
     def __init__(
         self,
         num_classes: int,
