@@ -19,6 +19,7 @@ common=(scenario=19p1 schedule=reference_paper data.batch_size=16 trainer.epochs
   trainer.incremental_epochs=25 trainer.enable_progress_bar=false)
 python -m clod.train "${common[@]}" strategy=naive hydra.run.dir="$sweep/naive"
 python -m clod.train "${common[@]}" strategy=lwf strategy.alpha=1 hydra.run.dir="$sweep/lwf"
-python -m clod.train -m "${common[@]}" strategy=sid,latent strategy.alpha=1 strategy.beta=1 \
+# ++: a multirun composes its base config (strategy=naive, no alpha) before each job.
+python -m clod.train -m "${common[@]}" strategy=sid,latent ++strategy.alpha=1 ++strategy.beta=1 \
   hydra.sweep.dir="$sweep/distill"
 python -m clod.report "$sweep"

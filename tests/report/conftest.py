@@ -149,3 +149,25 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 
 def read_summary(sweep: Sweep, run: str) -> dict:
     return json.loads((sweep.root / run / "summary.json").read_text())
+
+
+SEED_STRATEGIES = ("naive", "lwf")
+
+
+@pytest.fixture(scope="session")
+def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``-m strategy=naive,lwf seed=1,2``, shared by the seed and class-heatmap tests."""
+    tmp = tmp_path_factory.mktemp("seeds")
+    # task 0 trains 25 epochs: enough for the model to detect, so that the seeds differ
+    command = [
+        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "trainer.epochs=25",
+        "trainer.incremental_epochs=2", "trainer.enable_progress_bar=false",
+        f"base_cache.dir={tmp / 'base_cache'}", f"paths.data_dir={tmp / 'data'}",
+        f"strategy={','.join(SEED_STRATEGIES)}", "seed=1,2", f"hydra.sweep.dir={tmp / 'sweep'}",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=ROOT, env=clod_env(tmp / "data"), capture_output=True, text=True,
+        timeout=TIMEOUT_S,
+    )  # fmt: skip
+    check(result, "the seed sweep")
+    return tmp / "sweep"

@@ -12,7 +12,6 @@ import numpy as np
 
 from clod.reporting.build import build_report, write_report
 from clod.reporting.run_figures import class_table, plot_class_heatmap
-from tests.report.test_seeds import seed_sweep  # noqa: F401  (the module-scoped fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +27,7 @@ def recorded_ap50(run_dir: Path) -> dict[tuple[int, int], float]:
     return cells
 
 
-def test_one_cell_per_class_and_task(seed_sweep: Path) -> None:  # noqa: F811
+def test_one_cell_per_class_and_task(seed_sweep: Path) -> None:
     run_dir = seed_sweep / "0"
     table = class_table(run_dir)
     assert table is not None and table.tasks == [0, 1, 2]
@@ -51,7 +50,7 @@ def test_one_cell_per_class_and_task(seed_sweep: Path) -> None:  # noqa: F811
     assert labels == [table.class_names[c] for c in shown_classes]
 
 
-def test_the_report_draws_every_run_and_the_seed_mean(seed_sweep: Path) -> None:  # noqa: F811
+def test_the_report_draws_every_run_and_the_seed_mean(seed_sweep: Path) -> None:
     report = build_report(seed_sweep)
     write_report(report)
     out = seed_sweep / "report"
@@ -88,7 +87,7 @@ def test_a_training_run_draws_its_own_figures_as_tasks_end(tmp_path: Path) -> No
 
 
 def test_the_scenario_summary_is_each_setting_s_final_ap50_per_class(
-    seed_sweep: Path,  # noqa: F811
+    seed_sweep: Path,
 ) -> None:
     """``per_class_final_2p1``: a row per strategy (n=2 seeds), a column per class, the
     mean over seeds of the AP50 recorded after the last task."""

@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,28 +16,7 @@ import pytest
 
 from clod.reporting.build import build_report, write_report
 from clod.reporting.seeds import mean_std
-from tests.engine.conftest import ROOT, clod_env
-from tests.report.conftest import TIMEOUT_S, check
-
-STRATEGIES = ("naive", "lwf")
-
-
-@pytest.fixture(scope="module")
-def seed_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("seeds")
-    # task 0 trains 25 epochs: enough for the model to detect, so that the seeds differ
-    command = [
-        sys.executable, "-m", "clod.train", "-m", "experiment=smoke", "trainer.epochs=25",
-        "trainer.incremental_epochs=2", "trainer.enable_progress_bar=false",
-        f"base_cache.dir={tmp / 'base_cache'}", f"paths.data_dir={tmp / 'data'}",
-        f"strategy={','.join(STRATEGIES)}", "seed=1,2", f"hydra.sweep.dir={tmp / 'sweep'}",
-    ]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=ROOT, env=clod_env(tmp / "data"), capture_output=True, text=True,
-        timeout=TIMEOUT_S,
-    )  # fmt: skip
-    check(result, "the seed sweep")
-    return tmp / "sweep"
+from tests.report.conftest import SEED_STRATEGIES as STRATEGIES
 
 
 def test_mean_std_by_hand() -> None:
