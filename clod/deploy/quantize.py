@@ -51,8 +51,13 @@ class ImageBatches(CalibrationDataReader):
 
 
 def output_conv_names(proto: onnx.ModelProto, module_names: Sequence[str]) -> list[str]:
-    """Names of the Conv nodes the exporter made from the modules ``module_names`` (their
-    paths in the exported module, e.g. ``detector.head.gfl_cls.0``)."""
+    """Names of the Conv nodes the exporter made from the modules ``module_names``, paths
+    of the form ``detector.head.<list>.<level>`` (e.g. ``detector.head.gfl_cls.0``).
+
+    The TorchScript exporter names a node after its module scopes, one per level, and a
+    ModuleList's child is one scope named ``<list>.<level>``:
+    ``/detector/head/gfl_cls.0/Conv``.
+    """
     scopes = tuple("/" + name.replace(".", "/", 2) + "/" for name in module_names)
     return [
         node.name
