@@ -20,6 +20,7 @@ from clod.reporting.search import Search, plot_search, read_search, search_markd
 from clod.reporting.seeds import group_row, seed_groups
 from clod.reporting.tables import (
     Row,
+    markdown_against_upper_bound,
     markdown_problems,
     markdown_results,
     row_order,
@@ -135,9 +136,10 @@ def report_markdown(report: Report) -> str:
     ]
     if swept:
         lines.append(f"Varied: {shown}.")
+    against_upper_bound = markdown_against_upper_bound(report.rows)
+    if against_upper_bound is not None:
+        lines += ["", "## Against the upper bound", "", against_upper_bound, "", OMEGA_NOTE]
     lines += ["", "## Results", "", markdown_results(report.rows, report.seed_means)]
-    if any(row.get("omega_map") is not None for row in report.rows):
-        lines += ["", OMEGA_NOTE]
     if report.notes:
         lines += ["", "Not computed:", "", *(f"- {note}" for note in report.notes)]
     if report.search is not None:

@@ -151,7 +151,14 @@ def test_the_report_pairs_runs_with_the_sweep_s_joint_run(bounded: Path) -> None
     cumulative = gap_metrics(summary, read_upper_bound(plain / "cumulative"))
     assert rows["lwf"]["upper_bound"] == "cumulative"
     assert rows["lwf"]["omega_map"] == pytest.approx(cumulative["map"]["omega"])
-    assert "| Ω mAP | RelGap mAP |" in report_markdown(report)
+    markdown = report_markdown(report)
+    assert "| Ω mAP | RelGap mAP |" in markdown
+    lwf, bound = rows["lwf"], rows["cumulative"]
+    assert (
+        f"| lwf | {lwf['map']:.3f} ({lwf['omega_map']:.3f}) | {lwf['rel_gap_map']:.3f} |"
+        in markdown
+    )
+    assert f"| joint (upper bound) | {bound['map']:.3f} | - |" in markdown
 
 
 def test_a_bad_upper_bound_stops_before_training(tmp_path: Path) -> None:

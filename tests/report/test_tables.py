@@ -8,6 +8,7 @@ from pathlib import Path
 from clod.reporting.collect import collect_runs
 from clod.reporting.tables import (
     COLUMNS,
+    markdown_against_upper_bound,
     markdown_problems,
     markdown_results,
     row_order,
@@ -99,3 +100,32 @@ def test_markdown_cells_cannot_break_the_table() -> None:
         table.splitlines()[-1]
         == "| `x` | failed | a\\|b | s | 0 | ValueError: bad \\| worse next |"
     )
+
+
+def test_the_papers_table_puts_omega_in_parentheses_and_ends_with_the_bound() -> None:
+    def row(run: str, strategy: str, scenario: str, final: float, **gaps: object) -> dict:
+        return {"run": run, "status": "done", "strategy": strategy, "scenario": scenario,
+                "alpha": None, "beta": None, "map": final, **gaps}  # fmt: skip
+
+    rows = [
+        row("j", "joint", "40p40", 0.40),
+        row("l1", "latent", "40p40", 0.30, omega_map=(1 + 0.30 / 0.40) / 2, rel_gap_map=0.25,
+            upper_bound="j"),
+        row("n1", "naive", "40p40", 0.10, omega_map=(1 + 0.10 / 0.40) / 2, rel_gap_map=0.75,
+            upper_bound="j"),
+        row("n2", "naive", "70p10", 0.20, omega_map=0.75, rel_gap_map=0.5, upper_bound="j"),
+        row("f", "lwf", "70p10", 0.15, status="failed"),
+        row("a", "lwf", "40p40", 0.2, alpha=1.0, omega_map=0.75, rel_gap_map=0.5, upper_bound="j"),
+        row("b", "lwf", "40p40", 0.3, alpha=10.0, omega_map=0.875, rel_gap_map=0.25,
+            upper_bound="j"),
+    ]  # fmt: skip
+    assert markdown_against_upper_bound(rows).splitlines() == [
+        "| strategy | 40p40 mAP (Ω) | 40p40 RelGap | 70p10 mAP (Ω) | 70p10 RelGap |",
+        "|---|---|---|---|---|",
+        "| naive | 0.100 (0.625) | 0.750 | 0.200 (0.750) | 0.500 |",
+        "| lwf alpha=1 | 0.200 (0.750) | 0.500 | - | - |",
+        "| lwf alpha=10 | 0.300 (0.875) | 0.250 | - | - |",
+        "| latent | 0.300 (0.875) | 0.250 | - | - |",
+        "| joint (upper bound) | 0.400 | - | 0.400 | - |",
+    ]
+    assert markdown_against_upper_bound(rows[:1]) is None
