@@ -259,51 +259,46 @@ def _scenario_tables(done: Sequence[Row]) -> str:
 
 def markdown_against_upper_bound(rows: Sequence[Row]) -> str | None:
     """The second seed's table: a strategy per row, a scenario per column pair, final mAP
-    with Ω in parentheses and RelGap; None when no finished run has an upper bound.
+    with Ω in parentheses and RelGap, and last the joint model each scenario was compared
+    with; None when no finished run has an upper bound.
 
-    Settings that differ beyond strategy (alpha, beta, seed) are separate rows; a setting
-    repeated over seeds shows the first run's numbers (the per-run tables have them all).
+    A strategy run at several alpha/beta gets a row per setting; a setting repeated over
+    seeds shows its first run (the per-scenario tables have them all).
     """
-    done = [row for row in rows if row["status"] == DONE and row.get("omega_map") is not None]
+    done = sorted(
+        (row for row in rows if row["status"] == DONE and row.get("omega_map") is not None),
+        key=row_order,
+    )
     if not done:
         return None
-    scenarios = list(dict.fromkeys(row["scenario"] for row in sorted(done, key=row_order)))
+    scenarios = list(dict.fromkeys(str(row["scenario"]) for row in done))
     weights: dict[str, set[tuple[Any, Any]]] = {}
     for row in done:
         weights.setdefault(str(row["strategy"]), set()).add((row.get("alpha"), row.get("beta")))
-    cells: dict[tuple[str, str], Row] = {}
-    for row in sorted(done, key=row_order):
+    table: dict[str, Row] = {}
+    for row in done:
         label = _setting(row) if len(weights[str(row["strategy"])]) > 1 else str(row["strategy"])
-        cells.setdefault((label, str(row["scenario"])), row)
-    settings = list(dict.fromkeys(setting for setting, _ in cells))
-    header = ["strategy"]
-    for scenario in scenarios:
-        header += [f"{scenario} mAP (Ω)", f"{scenario} RelGap"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for setting in settings:
-        line = [setting]
-        for scenario in scenarios:
-            row = cells.get((setting, str(scenario)))
-            if row is None:
-                line += ["-", "-"]
-                continue
-            line.append(f"{float(row['map']):.3f} ({float(row['omega_map']):.3f})")
-            line.append(_cell(row.get("rel_gap_map"), _fixed(3)))
-        lines.append("| " + " | ".join(_cell(c, str) for c in line) + " |")
-    # The paper's last row: the joint model each scenario's runs were compared with.
+        cells = table.setdefault(label, {"strategy": label})
+        cells.setdefault(f"{row['scenario']}/map", f"{row['map']:.3f} ({row['omega_map']:.3f})")
+        cells.setdefault(f"{row['scenario']}/rel_gap", row.get("rel_gap_map"))
     by_name = {row["run"]: row for row in rows if row["status"] == DONE}
-    bounds = [by_name.get(_upper_bound_of(done, scenario)) for scenario in scenarios]
-    if any(bound is not None for bound in bounds):
-        line = ["joint (upper bound)"]
-        for bound in bounds:
-            line += ["-" if bound is None else f"{float(bound['map']):.3f}", "-"]
-        lines.append("| " + " | ".join(_cell(c, str) for c in line) + " |")
-    return "\n".join(lines)
+    bound = {"strategy": "joint (upper bound)"}
+    for scenario in scenarios:
+        joint = by_name.get(_upper_bound_of(done, scenario))
+        bound[f"{scenario}/map"] = None if joint is None else f"{joint['map']:.3f}"
+    columns: list[tuple[str, str, Formatter]] = [("strategy", "strategy", str)]
+    for scenario in scenarios:
+        columns += [
+            (f"{scenario}/map", f"{scenario} mAP (Ω)", str),
+            (f"{scenario}/rel_gap", f"{scenario} RelGap", _fixed(3)),
+        ]
+    has_bound = any(bound[f"{scenario}/map"] for scenario in scenarios)
+    return markdown_table([*table.values(), *([bound] if has_bound else [])], columns)
 
 
 def _upper_bound_of(rows: Sequence[Row], scenario: Any) -> Any:
     """The upper-bound run named by the first run of ``scenario`` that has one."""
-    return next((r["upper_bound"] for r in rows if r["scenario"] == scenario), None)
+    return next((r["upper_bound"] for r in rows if str(r["scenario"]) == scenario), None)
 
 
 def _setting(row: Mapping[str, Any]) -> str:
