@@ -14,6 +14,8 @@ empty :=
 space := $(empty) $(empty)
 comma := ,
 PYTEST_ARGS ?=
+# `make test` runs on one pytest-xdist worker per core (tests/workers.py); TEST_WORKERS=0: one process.
+TEST_WORKERS ?= auto
 # The mission's headline experiment, and the directory `make train` writes (rerun: resumes).
 EXPERIMENT ?= strategy=latent scenario=15p1
 RUN_DIR ?= outputs/train/$(subst $(space),_,$(subst =,-,$(EXPERIMENT)))
@@ -57,11 +59,11 @@ sync-wandb: $(STAMP)  ## upload the offline W&B runs under a directory (SWEEP_DI
 	if [ -z "$$runs" ]; then echo "no offline W&B runs under $(or $(wildcard $(SWEEP_DIR)),outputs)"; \
 	else $(PYTHON) -m wandb sync $$runs; fi
 
-test: $(STAMP)  ## the full test suite, as CI runs it
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+test: $(STAMP)  ## the full test suite, as CI runs it (TEST_WORKERS=auto: one worker per core)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: $(STAMP)  ## the tests not marked slow
-	$(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PYTHON) -m ruff check .

@@ -18,6 +18,7 @@ from typing import Any
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from clod.engine.csv_log import TaskCSVLogger
 from clod.utils.hydra_runtime import sweep_dir
 from clod.utils.wandb_auth import wandb_credentials_configured
 
@@ -99,6 +100,12 @@ class RunLoggers:
             run = self.wandb.experiment
             run.define_metric("task/idx")
             run.define_metric("task/*", step_metric="task/idx")
+
+    def begin_task(self, task: int, resumed_at_step: int | None) -> None:
+        """Tell the loggers that keep per-task rows (the CSV log) which task trains now."""
+        for logger in self.loggers:
+            if isinstance(logger, TaskCSVLogger):
+                logger.begin_task(task, resumed_at_step)
 
     def log_task(self, row: Mapping[str, Any], matrix: Sequence[Sequence[float | None]]) -> None:
         """The evaluation after one task, with the task index as x-axis."""

@@ -256,6 +256,7 @@ def train_task(run: Run, task: Task) -> TrainedTask:
     run.strategy.on_task_start(module, task)
     macs = training_step_conv_macs(module, run.resolved["data"]["input_size"])
     if cached is not None:  # the cached model's own training time and steps: its cost
+        run.loggers.begin_task(task.index, resumed_at_step=None)
         trainer = make_trainer(run.resolved, task, run.output_dir, run.loggers.loggers, epochs)
         trained = TrainedTask(
             module, trainer, epochs, float(cached.meta.get("train_time_s", 0.0)),
@@ -278,8 +279,10 @@ def fit(run: Run, task: Task, module: CLODModule, epochs: int, macs: int) -> Tra
         run.resolved, task, run.output_dir, run.loggers.loggers, epochs, len(loader)
     )
     resume_from = run.checkpoint_dir() / f"task_{task.index}" / "last.ckpt"
-    if resume_from.exists():
-        position = load_plain(resume_from).get("loader_position")
+    checkpoint = load_plain(resume_from) if resume_from.exists() else None
+    run.loggers.begin_task(task.index, checkpoint["global_step"] if checkpoint else None)
+    if checkpoint is not None:
+        position = checkpoint.get("loader_position")
         if position and not isinstance(loader.sampler, EpochSampler):
             log.warning(
                 "strategy %s's loader has no EpochSampler: task %d resumes from its checkpoint "

@@ -113,6 +113,32 @@ def assert_same_run(expected_dir: Path, run_dir: Path, last_task: int) -> None:
         assert torch.equal(value, final_b[key]), key
 
 
+def training_log(run_dir: Path) -> list[dict[str, str]]:
+    """csv/metrics.csv without the columns that time or measure the machine."""
+    rows = read_rows(run_dir / "csv" / "metrics.csv")
+    machine = ("time", "rss")
+    return [{k: v for k, v in r.items() if not any(m in k for m in machine)} for r in rows]
+
+
+def assert_same_training_log(
+    expected_dir: Path, run_dir: Path, resumed_task: int, resumed_at_step: int
+) -> None:
+    """The resumed run's per-step log reads as the uninterrupted one's from the resumed task
+    on, no row twice, and it still holds a row of every task before. (Task 0 may differ: it
+    comes from the base-model cache the first run filled.) The one row it may lack is that
+    of the checkpoint's own step, logged just after the checkpoint was written (the kill can
+    land in between)."""
+    log = training_log(run_dir)
+    assert {r["task"] for r in log} == {r["task"] for r in read_rows(run_dir / "results.csv")}
+    expected = [r for r in training_log(expected_dir) if int(r["task"]) >= resumed_task]
+    got = [r for r in log if int(r["task"]) >= resumed_task]
+    missing = [r for r in expected if r not in got]
+    assert all(
+        (r["task"], r["step"]) == (str(resumed_task), str(resumed_at_step)) for r in missing
+    ), missing
+    assert got == [r for r in expected if r not in missing]
+
+
 # The default data config's loader: 2 persistent workers, whose augmentation streams must
 # not depend on how long a worker lived or which worker drew a sample.
 WORKERS = ("data.num_workers=2",)
@@ -130,12 +156,14 @@ def test_killed_run_resumes_to_the_same_results(tmp_path: Path, data_dir: Path) 
     state = json.loads((run_dir / "state.json").read_text())
     assert state["tasks_done"] == [0], "the kill must land in the middle of task 2"
     # ... after an epoch of it and before its last: the resume continues the task mid-way
-    assert 0 <= torch.load(marker, weights_only=True)["epoch"] < 3
+    killed_at = torch.load(marker, weights_only=True)
+    assert 0 <= killed_at["epoch"] < 3
 
     resumed = run_train(run_dir, data_dir, *overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "tasks 1 already done" in resumed.stdout
     assert_same_run(tmp_path / "uninterrupted", run_dir, 2)
+    assert_same_training_log(tmp_path / "uninterrupted", run_dir, 1, killed_at["global_step"])
     assert json.loads((run_dir / "state.json").read_text())["attempts"] == 2
 
 
@@ -167,10 +195,12 @@ def test_killed_mid_epoch_on_the_default_loader_resumes_bit_identically(
     kill_when(run_dir, data_dir, inside_second_epoch, *overrides)
     position = loader_position(checkpoint)
     assert position["epoch"] == 1 and 0 < position["batches_done"] < batches, position
+    killed_at_step = torch.load(checkpoint, weights_only=True)["global_step"]
     resumed = run_train(run_dir, data_dir, *overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"epoch 2, after batch {position['batches_done']}" in resumed.stdout
     assert_same_run(tmp_path / "uninterrupted", run_dir, 1)
+    assert_same_training_log(tmp_path / "uninterrupted", run_dir, 1, killed_at_step)
 
 
 def test_sigterm_records_an_interrupted_resumable_run(tmp_path: Path, data_dir: Path) -> None:

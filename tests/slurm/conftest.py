@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers import unpinned
+
 ROOT = Path(__file__).parents[2]
 SCRIPT = ROOT / "scripts" / "slurm" / "cluster.sh"
 # Not under pytest's tmp_path: its parents are mode 0700 and the database runs as mysql.
@@ -138,6 +140,8 @@ def run_script(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=timeout,
         check=False,
+        # The daemons serve the whole machine: not the one core a parallel test worker has.
+        preexec_fn=unpinned,
     )
 
 
