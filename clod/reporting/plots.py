@@ -227,6 +227,8 @@ def plot_map_per_task(runs: Sequence[Run], only_finished: bool = True) -> Drawin
             marker, colour = strategy_style(run.strategy, others)
             weights = weights_label(run)
             label = str(run.strategy) if weights == run.name else f"{run.strategy} {weights}"
+            if run.strategy == "joint":  # say which upper bound the line is
+                label = "joint per step (upper bound)" if len(x) > 1 else "joint (upper bound)"
             if group.n > 1:
                 label += f" (n={group.n})"
             if len(x) == 1 and last_task > 0:

@@ -13,6 +13,8 @@ import pytest
 from clod.errors import ConfigError
 from clod.metrics.upper_bound import gap_metrics, read_upper_bound
 from clod.reporting.build import build_report, report_markdown
+from clod.reporting.collect import collect_runs
+from clod.reporting.plots import plot_map_per_task
 from clod.utils.io import read_json
 from tests.engine.conftest import run_train
 
@@ -159,6 +161,13 @@ def test_the_report_pairs_runs_with_the_sweep_s_joint_run(bounded: Path) -> None
         in markdown
     )
     assert f"| joint (upper bound) | {bound['map']:.3f} | - |" in markdown
+    # the per-task figure names the two upper bounds apart
+    drawing = plot_map_per_task(collect_runs(plain))
+    assert drawing is not None
+    labels = {series.label: series.y for series in drawing.series}
+    per_step = [row["map50"] for row in read_json(plain / "cumulative" / "summary.json")["rows"]]
+    assert labels["joint per step (upper bound)"] == pytest.approx(per_step)
+    assert len(labels["joint (upper bound)"]) == 1
 
 
 def test_a_bad_upper_bound_stops_before_training(tmp_path: Path) -> None:
