@@ -36,7 +36,7 @@ def task_row(
     counts = task.counts()
     row: dict[str, Any] = {
         "task": task.index,
-        "classes": " ".join(task.new_names),
+        "classes": ", ".join(task.new_names),  # COCO names have spaces
         "num_seen": len(task.seen),
         **counts,
     }

@@ -432,8 +432,8 @@ def final_table(summary: Mapping[str, Any]) -> str:
     printed = []
     for row in summary["rows"]:
         shown = {k: row.get(k) if row.get(k) is not None else "-" for k in columns}
-        names = row["classes"].split()
+        names = row["classes"].split(", ")
         if len(names) > 3:  # a base task of many classes: the files keep the full list
-            shown["classes"] = f"{' '.join(names[:2])} ... {names[-1]} ({len(names)})"
+            shown["classes"] = f"{', '.join(names[:2])} ... {names[-1]} ({len(names)})"
         printed.append(shown)
     return format_table(printed, columns)

@@ -49,7 +49,7 @@ def test_run_writes_results_summary_and_checkpoints(tmp_path: Path, data_dir: Pa
 
     rows = read_rows(run_dir / "results.csv")
     assert [r["task"] for r in rows] == ["0", "1", "2"]
-    assert [r["classes"] for r in rows] == ["aeroplane bicycle", "bird", "boat"]
+    assert [r["classes"] for r in rows] == ["aeroplane, bicycle", "bird", "boat"]
     assert rows[0]["old/map50"] == "" and rows[1]["old/map50"] != ""
     for row in rows:
         assert 0.0 <= float(row["map50"]) <= 1.0
