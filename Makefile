@@ -60,10 +60,10 @@ sync-wandb: $(STAMP)  ## upload the offline W&B runs under a directory (SWEEP_DI
 	else $(PYTHON) -m wandb sync $$runs; fi
 
 test: $(STAMP)  ## the full test suite, as CI runs it (TEST_WORKERS=auto: one worker per core)
-	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-quick: $(STAMP)  ## the tests not marked slow
-	$(PYTHON) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff lint and format check
 	$(PYTHON) -m ruff check .

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.workers import group_of, pin_this_worker, schedule_rank
+from tests.workers import group_of, pin_this_worker
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -13,8 +13,5 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    groups = {item: group_of(item.path) for item in items}
-    for item, group in groups.items():
-        item.add_marker(pytest.mark.xdist_group(group))
-    # A stable sort: the tests of a module stay together and in their order.
-    items.sort(key=lambda item: schedule_rank(groups[item]))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group_of(item.path)))

@@ -33,12 +33,3 @@ def test_directories_that_share_trained_fixtures_are_one_unit() -> None:
     assert group_of(TESTS / "slurm" / "test_slurm_sweep.py") == "slurm"
     assert group_of(TESTS / "engine" / "test_run.py") == "engine/test_run.py"
     assert group_of(TESTS / "test_config.py") == "test_config.py"
-
-
-def test_the_long_units_exist_and_go_first() -> None:
-    """A renamed file would silently drop out of the schedule's head."""
-    from tests.workers import LONG_UNITS, schedule_rank
-
-    for unit in LONG_UNITS:
-        assert (TESTS / unit).exists(), unit
-    assert schedule_rank("slurm") == 0 < schedule_rank("report") < schedule_rank("test_config.py")

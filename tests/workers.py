@@ -20,21 +20,6 @@ from pathlib import Path
 ALL_CPUS = frozenset(os.sched_getaffinity(0))
 SHARED_FIXTURE_DIRS = frozenset({"report", "deploy", "slurm"})
 TESTS = Path(__file__).parent
-# The units that take minutes, longest first: handed out before the rest, so that no worker
-# starts one of them while the other has nothing left (``make test`` passes
-# --no-loadscope-reorder, which keeps this order). Only the schedule depends on it.
-LONG_UNITS = (
-    "slurm",
-    "engine/test_run.py",
-    "report",
-    "strategies/test_end_to_end.py",
-    "strategies/test_end_to_end_yolox.py",
-    "deploy",
-    "engine/test_upper_bound.py",
-    "engine/test_ddp.py",
-    "strategies/test_ddp_selection.py",
-    "engine/test_trainer_config.py",
-)
 
 
 def worker_cpus(worker: str, workers: int, cpus: frozenset[int] = ALL_CPUS) -> set[int]:
@@ -66,8 +51,3 @@ def group_of(path: Path) -> str:
     if len(relative.parts) > 1 and relative.parts[0] in SHARED_FIXTURE_DIRS:
         return relative.parts[0]
     return relative.as_posix()
-
-
-def schedule_rank(group: str) -> int:
-    """Where a unit goes in the queue: the long ones in LONG_UNITS order, then the rest."""
-    return LONG_UNITS.index(group) if group in LONG_UNITS else len(LONG_UNITS)
